@@ -1,0 +1,292 @@
+"""Typed configuration: dataclass schema (one help string per field) + YAML groups under configs/.
+
+Composition order (later wins): schema defaults -> configs/config.yaml -> selected groups
+(`data=ravdess`, `model=...`, `trainer=...`) -> `experiment=NAME` -> `key=value` overrides.
+The dotlist form is exactly what `wandb agent` passes with `${args_no_hyphens}`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+
+GROUPS = ("data", "model", "trainer", "experiment")
+
+
+def _f(default: Any, help: str, factory: Any = None) -> Any:
+    """A dataclass field with a help string (shown by `ser config --help-fields`)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    name: str = _f("ravdess", "Corpus loader (see `ser data list`): ravdess, shemo, iemocap, emobox, manifest, folder, hub.")
+    root: str = _f(MISSING, "Corpus root folder (or zip folder for ShEMO, dataset id for hub).")
+    fold: int = _f(1, "1-based test fold; the other folds train (validation speakers come from them).")
+    num_folds: Optional[int] = _f(None, "Fold count for corpora without official folds (manifest/folder/hub); default 5.")
+    classes: Optional[List[str]] = _f(None, "Class subset / order, e.g. [neutral, happy, sad, angry]; None = corpus default.")
+    val_speakers: int = _f(2, "How many training speakers (seeded draw) are held out for validation / checkpoint choice.")
+    val_speaker_ids: Optional[List[str]] = _f(None, "Explicit validation speakers (must not be in the test fold).")
+    batch_size: int = _f(16, "Training batch size (the paper: 16).")
+    eval_batch_size: int = _f(64, "Batch size for validation / test / encoding of cached features.")
+    num_workers: int = _f(0, "DataLoader worker processes.")
+    length_bucketing: bool = _f(True, "Batch clips of similar length together to cut padding (training order stays random).")
+    sample_rate: int = _f(16000, "Target sample rate; audio is resampled to it (Whisper needs 16 kHz).")
+    max_seconds: float = _f(30.0, "Clips longer than this are cropped (Whisper's window is 30 s); counted in the report.")
+    crop: str = _f("center", "Where to crop long clips: start or center.")
+    on_bad_audio: str = _f("error", "error: stop naming the file and problem; skip: drop it, count it, list it in bad_audio.json.")
+    min_seconds: float = _f(0.1, "Clips shorter than this are bad input.")
+    limit_per_class: Optional[int] = _f(None, "Debug: keep at most N clips per class (seeded).")
+    max_samples: Optional[int] = _f(None, "Debug: keep at most N clips in total (seeded, stratified by class).")
+    table_cache_dir: str = _f(".ser_cache/tables", "Where the Arrow utterance tables are stored (built once in prepare_data).")
+    # corpus-specific knobs (ignored by corpora that do not use them)
+    subset: str = _f("improvised", "IEMOCAP: improvised (paper), scripted or all.")
+    merge_excited: bool = _f(True, "IEMOCAP: merge 'exc' into 'hap' (the 4-class protocol).")
+    manifest: Optional[str] = _f(None, "manifest/emobox: path to a CSV/JSONL manifest or EmoBox data/<ds> folder.")
+    audio_root: Optional[str] = _f(None, "manifest/emobox/folder: folder that relative audio paths are resolved against.")
+    allow_outside_root: bool = _f(False, "manifest: allow audio paths that escape audio_root (off for safety).")
+    hub_split: str = _f("train", "hub: the dataset split to read.")
+    audio_column: str = _f("audio", "hub: audio column name.")
+    label_column: str = _f("label", "hub/manifest: label column name.")
+    speaker_column: str = _f("speaker", "hub/manifest: speaker column name.")
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = _f(MISSING, "Whisper encoder: hub id (openai/whisper-small), local folder, or random:<tiny|base|small|medium|large-v3|test>.")
+    layer: int = _f(-1, "Encoder block whose output is used, 1..L (-1 = last, L). hidden_states[k] in transformers.")
+    layers: Optional[List[int]] = _f(None, "Several blocks to fuse (overrides layer), e.g. [3,4,5,6].")
+    fusion: str = _f("weighted", "How `layers` are fused: weighted (learned softmax sum, SUPERB) or conv (Qieemo-style).")
+    fusion_layernorm: bool = _f(True, "LayerNorm each fused layer before mixing.")
+    input_seconds: str = _f("clip", "Encoder input length: 'clip' (own length, masked), '30' (the paper), or seconds, e.g. '10'.")
+    pooling: str = _f("qkv", "Pooling: mean, attentive, qkv, attentive_stats, learned_query.")
+    heads: int = _f(6, "Pooling heads (paper: ShEMO 6, IEMOCAP 12).")
+    head_dim: int = _f(4, "Per-head hidden size (paper: 4).")
+    num_queries: int = _f(4, "learned_query pooling: number of learned queries.")
+    proj_dim: int = _f(256, "Projector width (paper: 256).")
+    dropout: float = _f(0.1, "Dropout in pooling / before the classifier (off in eval).")
+    feature_dropout: float = _f(0.0, "Dropout on encoder features (regulariser, off by default).")
+    time_mask: int = _f(0, "SpecAugment-style: number of time masks on features while training (0 = off).")
+    time_mask_width: int = _f(10, "Maximum width (frames) of each time mask.")
+    feature_mask: int = _f(0, "SpecAugment-style: number of feature-channel masks while training (0 = off).")
+    feature_mask_width: int = _f(32, "Maximum width (channels) of each feature mask.")
+    encoder_dtype: str = _f("auto", "Encoder compute dtype: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
+    compile: bool = _f(False, "torch.compile the encoder (pays off on GPU for long runs).")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(1e-3, "Peak learning rate (paper: 1e-3).")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    warmup_ratio: float = _f(0.1, "Fraction of optimizer steps with linear warmup (stepped per optimizer step).")
+    class_weighted: bool = _f(False, "Weight cross-entropy by inverse class frequency of the training split.")
+    label_smoothing: float = _f(0.0, "Cross-entropy label smoothing.")
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = _f(30, "Epochs (paper: 30).")
+    accelerator: str = _f("auto", "Lightning accelerator: auto, cpu, gpu.")
+    devices: Any = _f(1, "Devices (int or 'auto'); >1 with strategy=ddp for multi-GPU.")
+    strategy: str = _f("auto", "Lightning strategy: auto, ddp, ddp_spawn.")
+    precision: str = _f("32-true", "Head precision: 32-true, bf16-mixed.")
+    gradient_clip_val: Optional[float] = _f(None, "Gradient clipping (None = off).")
+    log_every_n_steps: int = _f(10, "Logging frequency.")
+    enable_progress_bar: bool = _f(True, "Lightning progress bars.")
+    deterministic: bool = _f(True, "torch deterministic algorithms (reproducible metrics).")
+    limit_train_batches: Optional[float] = _f(None, "Debug: fraction or count of training batches per epoch.")
+    num_sanity_val_steps: int = _f(0, "Lightning sanity validation steps.")
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = _f(True, "Encode each clip once and train on cached features (fp16 on disk).")
+    dir: str = _f(".ser_cache/features", "Feature cache folder, shared by train / cv / sweep workers.")
+    encode_batch_size: int = _f(16, "Clips per encoder batch when filling the cache.")
+    verify: bool = _f(True, "Check shard checksums when opening the cache (corrupt shards are rebuilt).")
+    dtype: str = _f("fp16", "Storage dtype of cached features: fp16 (default, half the bytes) or fp32.")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = _f("auto", "auto (online if logged in, else offline), online, offline, disabled.")
+    project: str = _f("ser_lightning", "W&B project.")
+    entity: Optional[str] = _f(None, "W&B entity (team).")
+    group: Optional[str] = _f(None, "Run group (ser cv sets it to the CV name).")
+    job_type: Optional[str] = _f(None, "W&B job_type (fold, cv-summary, sweep-trial).")
+    name: Optional[str] = _f(None, "Run name.")
+    tags: List[str] = _f(None, "Run tags.", factory=list)
+    dir: Optional[str] = _f(None, "Where wandb writes (default: output_dir).")
+
+
+@dataclass
+class CVConfig:
+    folds: Optional[List[int]] = _f(None, "Folds to run (default: all folds of the corpus).")
+
+
+@dataclass
+class SERConfig:
+    data: DataConfig = _f(None, "Corpus, folds and batching.", factory=DataConfig)
+    model: ModelConfig = _f(None, "Encoder, layer, input length, pooling.", factory=ModelConfig)
+    optim: OptimConfig = _f(None, "Optimiser and schedule.", factory=OptimConfig)
+    trainer: TrainerConfig = _f(None, "Lightning Trainer settings.", factory=TrainerConfig)
+    cache: CacheConfig = _f(None, "Feature cache.", factory=CacheConfig)
+    wandb: WandbConfig = _f(None, "Weights & Biases logging.", factory=WandbConfig)
+    cv: CVConfig = _f(None, "Cross-validation.", factory=CVConfig)
+    seed: int = _f(0, "Seed for everything seedable (data draws, init, shuffling).")
+    output_dir: str = _f("runs/default", "Run folder: results.json, config.yaml, checkpoints, reports.")
+    monitor: str = _f("val/ua", "Metric that selects the checkpoint (on validation speakers only).")
+    monitor_mode: str = _f("max", "max or min for `monitor`.")
+    experiment: Optional[str] = _f(None, "Name of the experiment preset that was applied (informational).")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the command line."""
+
+
+def config_dir() -> Path:
+    env = os.environ.get("SER_CONFIG_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def available(group: str, root: Optional[Path] = None) -> List[str]:
+    folder = (root or config_dir()) / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _load_group(group: str, name: str, root: Path) -> DictConfig:
+    path = root / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown {group} '{name}'; available: {', '.join(available(group, root)) or '(none)'} (in {root / group})"
+        )
+    return OmegaConf.load(path)
+
+
+def _valid_keys(schema: DictConfig, dotted: str) -> List[str]:
+    node: Any = schema
+    for part in dotted.split(".")[:-1]:
+        if isinstance(node, DictConfig) and part in node:
+            node = node[part]
+        else:
+            break
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def compose(overrides: Optional[List[str]] = None, root: Optional[Path] = None) -> DictConfig:
+    """Build the typed config from group selections and `key=value` overrides."""
+    root = Path(root) if root else config_dir()
+    overrides = list(overrides or [])
+    schema = OmegaConf.structured(SERConfig)
+    groups: dict = {}
+    dotlist: List[str] = []
+    for item in overrides:
+        item = item.lstrip("-") if item.startswith("--") else item
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value")
+        key, value = item.split("=", 1)
+        if key in GROUPS:
+            groups[key] = value
+        else:
+            dotlist.append(f"{key}={value}")
+    layers: List[DictConfig] = []
+    base = root / "config.yaml"
+    if base.is_file():
+        layers.append(OmegaConf.load(base))
+    experiment_cfg = None
+    if "experiment" in groups:
+        experiment_cfg = _load_group("experiment", groups["experiment"], root)
+        # an experiment may pick groups (`defaults: {data: shemo}`); explicit CLI groups still win
+        exp_defaults = experiment_cfg.pop("defaults", None) or {}
+        for g, v in dict(exp_defaults).items():
+            groups.setdefault(g, v)
+    for g in ("data", "model", "trainer"):
+        if g in groups:
+            layers.append(OmegaConf.create({g: _load_group(g, groups[g], root)}))
+    if experiment_cfg is not None:
+        layers.append(experiment_cfg)
+        layers.append(OmegaConf.create({"experiment": groups["experiment"]}))
+    try:
+        cfg = OmegaConf.merge(schema, *layers, OmegaConf.from_dotlist(dotlist))
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or str(e)
+        raise ConfigError(
+            f"unknown config key '{key}'; valid keys here: {', '.join(_valid_keys(schema, str(key)))}"
+        ) from None
+    except ValidationError as e:
+        raise ConfigError(f"invalid value for '{getattr(e, 'full_key', '?')}': {e.msg}") from None
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "data.on_bad_audio": ("error", "skip"),
+    "data.crop": ("start", "center"),
+    "data.subset": ("improvised", "scripted", "all"),
+    "model.fusion": ("weighted", "conv"),
+    "cache.dtype": ("fp16", "fp32"),
+    "model.encoder_dtype": ("auto", "fp32", "bf16", "fp16"),
+    "monitor_mode": ("max", "min"),
+    "wandb.mode": ("auto", "online", "offline", "disabled"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks the schema cannot express (choices, ranges, required values)."""
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of: {', '.join(choices)}")
+    from ser_lightning.models.pooling import POOLINGS  # local import: config stays light
+
+    if cfg.model.pooling not in POOLINGS:
+        raise ConfigError(f"model.pooling={cfg.model.pooling!r} is not one of: {', '.join(sorted(POOLINGS))}")
+    policy = str(cfg.model.input_seconds)
+    if policy != "clip":
+        try:
+            seconds = float(policy)
+        except ValueError:
+            raise ConfigError(f"model.input_seconds={policy!r}: use 'clip', '30' or a number of seconds") from None
+        if not 0 < seconds <= 30:
+            raise ConfigError(f"model.input_seconds={policy!r}: must be in (0, 30] (Whisper's window is 30 s)")
+    if cfg.data.fold < 1:
+        raise ConfigError(f"data.fold={cfg.data.fold}: folds are 1-based")
+    for name in ("heads", "head_dim", "proj_dim"):
+        if getattr(cfg.model, name) < 1:
+            raise ConfigError(f"model.{name} must be >= 1")
+
+
+def require(cfg: DictConfig, *keys: str) -> None:
+    """Raise a clear error for mandatory values (`???`) still missing."""
+    for key in keys:
+        try:
+            OmegaConf.select(cfg, key, throw_on_missing=True)
+        except MissingMandatoryValue:
+            raise ConfigError(f"missing required value: pass {key}=...") from None
+
+
+def field_help(section: Any = SERConfig, prefix: str = "") -> List[str]:
+    """Lines 'key (type, default): help' for every field, recursively."""
+    lines = []
+    for f in fields(section):
+        key = f"{prefix}{f.name}"
+        if f.default_factory is not None and hasattr(f.default_factory, "__dataclass_fields__"):  # type: ignore[misc]
+            lines.append(f"{key}: {f.metadata.get('help', '')}")
+            lines.extend(field_help(f.default_factory, key + "."))  # type: ignore[arg-type]
+        else:
+            default = f.default if f.default_factory is None else f.default_factory()  # type: ignore[misc]
+            lines.append(f"  {key} = {default!r}: {f.metadata.get('help', '')}")
+    return lines
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

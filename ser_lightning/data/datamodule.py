@@ -1,0 +1,306 @@
+"""LightningDataModule: utterance table -> speaker-independent splits -> batches (features, mask, label).
+
+Two feeding modes:
+- cached (default): `prepare_data` encodes every clip once into the feature cache (rank 0); batches carry
+  `features` (B, T, D) or (B, L, T, D) for several layers, and `mask` (B, T).
+- live (`cache.enabled=false`): batches carry log-mel `input_features` and the LightningModule runs the
+  frozen encoder itself.
+Splits are `datasets.Dataset` objects (`self.splits["train" | "val" | "test"]`). Sharding across DDP ranks is
+done here (Lightning's DistributedSampler is off) so that validation / test see every clip exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ser_lightning.data.folds import FoldError, FoldSplit, check_independence, make_split
+from ser_lightning.data.table import UtteranceTable, build_table
+from ser_lightning.features.cache import FeatureCache, cache_for
+from ser_lightning.features.encoder import FrozenWhisperEncoder
+from ser_lightning.features.extract import fill_cache, load_clip
+from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend, encoder_frames, mel_frames
+
+
+@dataclass
+class FeatureSpec:
+    """What the model reads from the encoder (part of the cache key together with the encoder fingerprint)."""
+
+    layers: List[int]  # resolved 1..L
+    policy: LengthPolicy
+    cached: bool = True
+    cache_dir: str = ".ser_cache/features"
+    cache_dtype: str = "fp16"
+    verify: bool = True
+    encode_batch_size: int = 16
+
+
+class CachedFeatures(Dataset):
+    def __init__(self, hashes: Sequence[str], labels: Sequence[int], cache: FeatureCache, layers: Sequence[int]):
+        self.hashes, self.labels, self.cache, self.layers = list(hashes), list(labels), cache, list(layers)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        feats = [torch.from_numpy(np.asarray(self.cache.get(self.hashes[i], k), dtype=np.float32)) for k in self.layers]
+        x = feats[0] if len(feats) == 1 else torch.stack(feats)  # (T, D) or (L, T, D)
+        return {"features": x, "label": self.labels[i], "index": i}
+
+
+class AudioClips(Dataset):
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], sample_rate: int, max_seconds: float, crop: str):
+        self.paths, self.labels = list(paths), list(labels)
+        self.sample_rate, self.max_seconds, self.crop = sample_rate, max_seconds, crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        wave = load_clip(self.paths[i], self.sample_rate, self.max_seconds, self.crop)
+        return {"wave": wave, "label": self.labels[i], "index": i}
+
+
+def collate_features(items: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+    """Pad along time; mask (B, T) is True on real frames."""
+    lengths = [it["features"].shape[-2] for it in items]
+    t_max = max(lengths)
+    first = items[0]["features"]
+    out = first.new_zeros((len(items),) + first.shape[:-2] + (t_max, first.shape[-1]))
+    for i, it in enumerate(items):
+        out[i, ..., : lengths[i], :] = it["features"]
+    mask = torch.arange(t_max)[None, :] < torch.tensor(lengths)[:, None]
+    return {
+        "features": out,
+        "mask": mask,
+        "label": torch.tensor([it["label"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items]),
+    }
+
+
+class CollateAudio:
+    """Waves -> per-clip-exact log-mel batch for the live encoder."""
+
+    def __init__(self, num_mel_bins: int, policy: LengthPolicy) -> None:
+        self.frontend = LogMelFrontend(num_mel_bins)
+        self.policy = policy
+
+    def __call__(self, items: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        feats, frames, content = self.frontend([it["wave"] for it in items], self.policy)
+        return {
+            "input_features": feats,
+            "input_frames": frames,
+            "content_frames": content,
+            "label": torch.tensor([it["label"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items]),
+        }
+
+
+class LengthBucketBatchSampler(Sampler[List[int]]):
+    """Batches of similar length, sharded over DDP ranks.
+
+    shuffle=True (training): seeded per epoch; indices shuffled, cut into pools of `pool` batches, each pool
+    sorted by length and batched, batch order shuffled. Every rank gets the same number of batches (DDP needs
+    it): the batch list is padded by repeating batches, as Lightning's DistributedSampler would.
+    shuffle=False (evaluation): sorted by length; batches dealt round-robin to ranks with NO padding, so each
+    clip is evaluated exactly once across ranks.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0, bucketing: bool = True,
+                 num_replicas: int = 1, rank: int = 0, pool: int = 32) -> None:  # fmt: skip
+        self.lengths = list(lengths)
+        self.batch_size, self.shuffle, self.seed, self.bucketing = batch_size, shuffle, seed, bucketing
+        self.num_replicas, self.rank, self.pool = num_replicas, rank, pool
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> List[List[int]]:
+        idx = list(range(len(self.lengths)))
+        if self.shuffle:
+            rng = random.Random(self.seed * 1_000_003 + self.epoch)
+            rng.shuffle(idx)
+            batches: List[List[int]] = []
+            chunk = self.batch_size * self.pool if self.bucketing else len(idx)
+            for s in range(0, len(idx), max(chunk, 1)):
+                part = idx[s : s + chunk]
+                if self.bucketing:
+                    part.sort(key=lambda i: self.lengths[i])
+                batches += [part[b : b + self.batch_size] for b in range(0, len(part), self.batch_size)]
+            rng.shuffle(batches)
+            if self.num_replicas > 1:
+                per_rank = -(-len(batches) // self.num_replicas)
+                batches += batches[: per_rank * self.num_replicas - len(batches)]
+            return batches[self.rank :: self.num_replicas]
+        idx.sort(key=lambda i: self.lengths[i])
+        batches = [idx[b : b + self.batch_size] for b in range(0, len(idx), self.batch_size)]
+        return batches[self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[List[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class SERDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        data_cfg: Dict[str, Any],
+        features: FeatureSpec,
+        encoder: FrozenWhisperEncoder | Callable[[], FrozenWhisperEncoder],
+        seed: int = 0,
+        report_dir: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = dict(data_cfg)
+        self.cfg.setdefault("seed", seed)
+        self.features = features
+        self._encoder = encoder
+        self.seed = seed
+        self.report_dir = Path(report_dir) if report_dir else None
+        self.table: Optional[UtteranceTable] = None
+        self.split: Optional[FoldSplit] = None
+        self.splits: Dict[str, Any] = {}
+        self.cache: Optional[FeatureCache] = None
+
+    # ------------------------------------------------------------------ sizes flow from the data
+    @property
+    def encoder(self) -> FrozenWhisperEncoder:
+        if not isinstance(self._encoder, FrozenWhisperEncoder):
+            self._encoder = self._encoder()
+        return self._encoder
+
+    def _table(self) -> UtteranceTable:
+        if self.table is None:
+            self.table = build_table(self.cfg, self.report_dir)
+        return self.table
+
+    @property
+    def class_names(self) -> List[str]:
+        return list(self._table().class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def open_cache(self) -> FeatureCache:
+        if self.cache is None:
+            enc = self.encoder
+            self.cache = cache_for(
+                self.features.cache_dir, enc.fingerprint, {"n_mels": enc.num_mel_bins, "frontend": "whisper-logmel-v1"},
+                self.features.policy.name, float(self.cfg["max_seconds"]), self.cfg["crop"],
+                dtype=self.features.cache_dtype, verify=self.features.verify, sample_rate=int(self.cfg["sample_rate"]),
+            )  # fmt: skip
+        return self.cache
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        table = self._table()
+        if self.features.cached:
+            ds = table.dataset
+            self.fill(dict(zip(ds["sha256"], ds["path"])), dict(zip(ds["sha256"], ds["duration"])))
+
+    def fill(self, paths_by_hash: Dict[str, str], durations: Dict[str, float]) -> None:
+        fill_cache(
+            self.open_cache(), self.encoder, paths_by_hash, durations, self.features.layers, self.features.policy,
+            sample_rate=int(self.cfg["sample_rate"]), max_seconds=float(self.cfg["max_seconds"]),
+            crop_where=self.cfg["crop"], batch_size=self.features.encode_batch_size,
+        )  # fmt: skip
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.splits:
+            return
+        table = self._table()
+        self.split = make_split(
+            table.corpus, int(self.cfg["fold"]), self.cfg.get("num_folds"), int(self.cfg["val_speakers"]),
+            self.cfg.get("val_speaker_ids"), self.seed,
+        )  # fmt: skip
+        ds = table.dataset
+        speakers = ds["speaker"]
+        members = {
+            "train": set(self.split.train_speakers),
+            "val": set(self.split.val_speakers),
+            "test": set(self.split.test_speakers),
+        }
+        for name, spk in members.items():
+            rows = [i for i, s in enumerate(speakers) if s in spk]
+            self.splits[name] = ds.select(rows)
+        self._check_splits()
+        if self.features.cached:
+            self.open_cache().refresh()
+
+    def _check_splits(self) -> None:
+        assert self.split is not None
+        check_independence(self.split)
+        # speaker independence of the actual rows, not only of the speaker lists
+        seen: Dict[str, str] = {}
+        for name, d in self.splits.items():
+            for s in set(d["speaker"]):
+                if s in seen and seen[s] != name:
+                    raise FoldError(f"speaker {s} is in both {seen[s]} and {name} (fold {self.split.fold})")
+                seen[s] = name
+        for name in ("train", "test"):
+            missing = [c for c, n in zip(self.class_names, np.bincount(self.splits[name]["label"], minlength=self.num_classes)) if n == 0]
+            if missing:
+                raise FoldError(
+                    f"fold {self.split.fold}: the {name} split has no clips of class(es) {missing} "
+                    f"(speakers {sorted(set(self.splits[name]['speaker']))}); choose other folds or classes"
+                )
+        val_counts = np.bincount(self.splits["val"]["label"], minlength=self.num_classes)
+        missing = [c for c, n in zip(self.class_names, val_counts) if n == 0]
+        if missing:
+            warnings.warn(f"fold {self.split.fold}: validation speakers have no clips of {missing}; val/ua averages the rest")
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        """Inverse-frequency weights from the training split (mean 1)."""
+        counts = torch.bincount(torch.tensor(self.splits["train"]["label"]), minlength=self.num_classes).float()
+        w = counts.sum() / (counts.clamp_min(1) * self.num_classes)
+        return w
+
+    # ------------------------------------------------------------------ loaders
+    def _dataset(self, name: str) -> Dataset:
+        d = self.splits[name]
+        if self.features.cached:
+            return CachedFeatures(d["sha256"], d["label"], self.open_cache(), self.features.layers)
+        return AudioClips(d["path"], d["label"], int(self.cfg["sample_rate"]), float(self.cfg["max_seconds"]), self.cfg["crop"])
+
+    def _lengths(self, name: str) -> List[int]:
+        sr = int(self.cfg["sample_rate"])
+        max_s = float(self.cfg["max_seconds"])
+        return [encoder_frames(mel_frames(int(min(d, max_s) * sr))) for d in self.splits[name]["duration"]]
+
+    def _loader(self, name: str, train: bool) -> DataLoader:
+        world, rank = 1, 0
+        if self.trainer is not None:
+            world, rank = self.trainer.world_size, self.trainer.global_rank
+        sampler = LengthBucketBatchSampler(
+            self._lengths(name), int(self.cfg["batch_size"] if train else self.cfg["eval_batch_size"]), shuffle=train,
+            seed=self.seed, bucketing=bool(self.cfg["length_bucketing"]), num_replicas=world, rank=rank,
+        )  # fmt: skip
+        collate = collate_features if self.features.cached else CollateAudio(self.encoder.num_mel_bins, self.features.policy)
+        workers = int(self.cfg["num_workers"])
+        return DataLoader(self._dataset(name), batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                          persistent_workers=workers > 0)  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

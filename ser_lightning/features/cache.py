@@ -1,0 +1,198 @@
+"""Fingerprinted on-disk feature store shared by train / cv / sweep (and by concurrent sweep workers).
+
+Layout: `<cache.dir>/<key>/shard-<id>/` with one `layer_<k>.npy` per stored layer (all clips' frames
+concatenated, (sum_T, D), fp16 by default, memory-mapped on read) and `index.json` (clip hashes, offsets,
+lengths, per-file sha256). `<key>` hashes everything that changes the features: encoder fingerprint,
+front-end settings, input-length policy, crop policy and storage dtype; a clip is keyed by its audio
+content hash. Shards appear atomically (written to a temp folder, then renamed); a shard that fails its
+checks is moved aside and its clips are re-encoded. Writers hold an exclusive lock, so two workers never
+encode the same clips; readers need no lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Mapping, Sequence
+
+import numpy as np
+
+from ser_lightning.utils.io import atomic_write_json
+
+CACHE_VERSION = 1
+DTYPES = {"fp16": np.float16, "fp32": np.float32}
+
+
+class CacheCorruptError(RuntimeError):
+    pass
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class _Entry:
+    shard: Path
+    offset: int
+    length: int
+
+
+class FeatureCache:
+    def __init__(self, root: Path | str, settings: Mapping[str, object], dtype: str = "fp16", verify: bool = True) -> None:
+        self.settings = {**settings, "dtype": dtype, "cache_version": CACHE_VERSION}
+        blob = json.dumps(self.settings, sort_keys=True, default=str).encode()
+        self.key = hashlib.sha256(blob).hexdigest()[:20]
+        self.dir = Path(root) / self.key
+        self.dtype = dtype
+        self.verify = verify
+        self.dir.mkdir(parents=True, exist_ok=True)
+        settings_file = self.dir / "settings.json"
+        if not settings_file.exists():
+            atomic_write_json(settings_file, self.settings)
+        self._index: Dict[int, Dict[str, _Entry]] = {}
+        self._arrays: Dict[Path, np.ndarray] = {}
+        self._seen: set = set()
+        self.refresh()
+
+    # ---------------------------------------------------------------- reading
+    def refresh(self) -> None:
+        """(Re)read the shard indices; verify new shards; move corrupt ones aside."""
+        for shard in sorted(self.dir.glob("shard-*")):
+            if shard in self._seen or not shard.is_dir():
+                continue
+            try:
+                index = self._check_shard(shard)
+            except CacheCorruptError as e:
+                self._quarantine(shard, str(e))
+                continue
+            self._seen.add(shard)
+            for layer in index["layers"]:
+                entries = self._index.setdefault(int(layer), {})
+                for h, off, n in zip(index["hashes"], index["offsets"], index["lengths"]):
+                    entries[h] = _Entry(shard, int(off), int(n))
+
+    def _check_shard(self, shard: Path) -> dict:
+        index_file = shard / "index.json"
+        try:
+            index = json.loads(index_file.read_text())
+        except (OSError, ValueError) as e:
+            raise CacheCorruptError(f"{index_file}: unreadable index ({e})") from None
+        total = int(sum(index["lengths"]))
+        for layer in index["layers"]:
+            f = shard / f"layer_{layer}.npy"
+            try:
+                arr = np.load(f, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise CacheCorruptError(f"{f}: unreadable ({e})") from None
+            if arr.shape != (total, index["dim"]) or arr.dtype != np.dtype(DTYPES[self.dtype]):
+                raise CacheCorruptError(f"{f}: shape {arr.shape} {arr.dtype}, expected {(total, index['dim'])}")
+            if self.verify and _sha256_file(f) != index["sha256"][str(layer)]:
+                raise CacheCorruptError(f"{f}: checksum mismatch")
+        return index
+
+    def _quarantine(self, shard: Path, reason: str) -> None:
+        bad = self.dir / "corrupt"
+        bad.mkdir(exist_ok=True)
+        target = bad / f"{shard.name}-{uuid.uuid4().hex[:6]}"
+        try:
+            shard.rename(target)
+            atomic_write_json(target / "REASON.json", {"reason": reason})
+        except OSError:
+            shutil.rmtree(shard, ignore_errors=True)
+        print(f"[ser cache] corrupt shard moved aside and will be rebuilt: {reason}")
+
+    def missing(self, hashes: Sequence[str], layers: Sequence[int]) -> List[str]:
+        """Clip hashes that lack at least one of the layers (deduplicated, in order)."""
+        out, seen = [], set()
+        for h in hashes:
+            if h in seen:
+                continue
+            seen.add(h)
+            if any(h not in self._index.get(layer, {}) for layer in layers):
+                out.append(h)
+        return out
+
+    def get(self, content_hash: str, layer: int) -> np.ndarray:
+        """(T, D) memory-mapped features of one clip and layer."""
+        try:
+            e = self._index[layer][content_hash]
+        except KeyError:
+            raise KeyError(f"clip {content_hash[:12]} layer {layer} is not in the cache {self.dir}") from None
+        f = e.shard / f"layer_{layer}.npy"
+        arr = self._arrays.get(f)
+        if arr is None:
+            arr = self._arrays[f] = np.load(f, mmap_mode="r")
+        return arr[e.offset : e.offset + e.length]
+
+    # ---------------------------------------------------------------- writing
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        with open(self.dir / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def write_shard(self, hashes: Sequence[str], features: Mapping[int, Sequence[np.ndarray]]) -> Path:
+        """Store clips' features for several layers as one shard, atomically."""
+        np_dtype = DTYPES[self.dtype]
+        lengths = [int(a.shape[0]) for a in next(iter(features.values()))]
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist() if lengths else []
+        dim = int(next(iter(features.values()))[0].shape[1])
+        name = f"shard-{uuid.uuid4().hex}"
+        tmp = self.dir / f".tmp-{name}"
+        tmp.mkdir()
+        try:
+            sums = {}
+            for layer, arrays in features.items():
+                if [a.shape[0] for a in arrays] != lengths:
+                    raise ValueError("every layer must hold the same clips with the same lengths")
+                f = tmp / f"layer_{layer}.npy"
+                with open(f, "wb") as fh:
+                    np.save(fh, np.concatenate(arrays).astype(np_dtype, copy=False))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                sums[str(layer)] = _sha256_file(f)
+            index = {
+                "hashes": list(hashes), "offsets": offsets, "lengths": lengths, "dim": dim,
+                "layers": sorted(int(k) for k in features), "sha256": sums,
+            }  # fmt: skip
+            atomic_write_json(tmp / "index.json", index)
+            os.rename(tmp, self.dir / name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.refresh()
+        return self.dir / name
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.dir.glob("shard-*/layer_*.npy"))
+
+    def clean_temp(self) -> None:
+        """Remove temp folders left by killed writers (call with the lock held)."""
+        for tmp in self.dir.glob(".tmp-shard-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cache_for(root: str, encoder_fingerprint: str, frontend_settings: Mapping[str, object], policy: str,
+              max_seconds: float, crop: str, dtype: str = "fp16", verify: bool = True,
+              sample_rate: int = 16000) -> FeatureCache:  # fmt: skip
+    settings = {
+        "encoder": encoder_fingerprint, "frontend": dict(frontend_settings), "policy": policy,
+        "max_seconds": float(max_seconds), "crop": crop, "sample_rate": sample_rate,
+    }  # fmt: skip
+    return FeatureCache(root, settings, dtype=dtype, verify=verify)
+

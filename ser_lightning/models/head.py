@@ -1,0 +1,119 @@
+"""Trainable head: (layer fusion) -> projector (Linear to proj_dim + LayerNorm) -> pooling -> classifier.
+
+Sizes come from the encoder (`input_dim`, number of fused layers) and the data (`num_classes`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ser_lightning.models.pooling import build_pooling
+
+
+class WeightedLayerSum(nn.Module):
+    """SUPERB-style fusion: softmax-weighted sum of layers (each optionally LayerNorm-ed first)."""
+
+    def __init__(self, num_layers: int, dim: int, layernorm: bool = True) -> None:
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_layers))
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False) if layernorm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, T, D) -> (B, T, D)
+        w = torch.softmax(self.weights, dim=0).to(x.dtype)
+        return torch.einsum("l,bltd->btd", w, self.norm(x))
+
+
+class ConvLayerFusion(nn.Module):
+    """Qieemo-style fusion: project every layer, then mix along the layer axis with a small 1-D conv."""
+
+    def __init__(self, num_layers: int, dim: int, out_dim: int, layernorm: bool = True) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False) if layernorm else nn.Identity()
+        self.proj = nn.Linear(dim, out_dim)
+        self.mix = nn.Conv1d(num_layers, 1, kernel_size=1)  # learned per-layer mixing after projection
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, T, D) -> (B, T, out_dim)
+        b, layers, t, _ = x.shape
+        p = self.act(self.proj(self.norm(x)))  # (B, L, T, P)
+        mixed = self.mix(p.permute(0, 2, 1, 3).reshape(b * t, layers, -1))  # (B*T, 1, P)
+        return mixed.view(b, t, -1)
+
+
+class FeatureAugment(nn.Module):
+    """Training-only regularisers on (cached) features: dropout and SpecAugment-style time / channel masks."""
+
+    def __init__(self, dropout: float = 0.0, time_masks: int = 0, time_width: int = 10,
+                 feature_masks: int = 0, feature_width: int = 32) -> None:  # fmt: skip
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.time_masks, self.time_width = time_masks, time_width
+        self.feature_masks, self.feature_width = feature_masks, feature_width
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # x (B, T, D), mask (B, T)
+        if not self.training:
+            return x
+        x = self.dropout(x)
+        if self.time_masks or self.feature_masks:
+            import torchaudio.transforms as T
+
+            keep = torch.ones_like(x[..., :1])  # (B, T, 1)
+            lengths = mask.sum(1)
+            for b in range(x.shape[0]):
+                n = int(lengths[b])
+                for _ in range(self.time_masks):
+                    w = int(torch.randint(0, min(self.time_width, max(n // 5, 1)) + 1, ()))
+                    s = int(torch.randint(0, max(n - w, 1), ()))
+                    keep[b, s : s + w] = 0
+            x = x * keep
+            if self.feature_masks:
+                fm = T.FrequencyMasking(self.feature_width, iid_masks=True)
+                for _ in range(self.feature_masks):
+                    x = fm(x.transpose(1, 2).unsqueeze(1)).squeeze(1).transpose(1, 2)
+        return x
+
+
+class SERHead(nn.Module):
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        pooling: str = "qkv",
+        proj_dim: int = 256,
+        heads: int = 6,
+        head_dim: int = 4,
+        dropout: float = 0.1,
+        num_layers: int = 1,
+        fusion: str = "weighted",
+        fusion_layernorm: bool = True,
+        num_queries: int = 4,
+        augment: Optional[FeatureAugment] = None,
+    ) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        self.fusion: Optional[nn.Module] = None
+        projector_in = input_dim
+        if num_layers > 1 and fusion == "weighted":
+            self.fusion = WeightedLayerSum(num_layers, input_dim, fusion_layernorm)
+        elif num_layers > 1 and fusion == "conv":
+            self.fusion = ConvLayerFusion(num_layers, input_dim, proj_dim, fusion_layernorm)
+            projector_in = proj_dim
+        self.augment = augment or FeatureAugment()
+        self.projector = nn.Sequential(nn.Linear(projector_in, proj_dim), nn.LayerNorm(proj_dim))
+        self.pooling = build_pooling(pooling, proj_dim, heads, head_dim, dropout, num_queries)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(proj_dim, num_classes)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """features (B, T, D) or (B, L, T, D); mask (B, T) -> logits (B, C)."""
+        if features.dim() == 4:
+            if self.fusion is None:
+                raise ValueError(f"got {features.shape[1]} layers but the head was built for {self.num_layers}")
+            features = self.fusion(features)
+        features = self.augment(features, mask)
+        h = self.projector(features)  # (B, T, proj_dim)
+        pooled = self.pooling(h, mask)  # (B, proj_dim)
+        return self.classifier(self.dropout(pooled))

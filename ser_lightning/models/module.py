@@ -1,0 +1,156 @@
+"""Thin LightningModule: one shared `model_step`, AdamW + warmup/cosine per optimizer step, torchmetrics.
+
+The frozen encoder (live mode only) is held outside the module's parameters: it is never trained, never
+stored in checkpoints (its source and weight fingerprint are stored instead, and a mismatch is refused).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+
+from ser_lightning.features.encoder import FrozenWhisperEncoder
+from ser_lightning.models.head import SERHead
+from ser_lightning.models.metrics import build_confusion, build_metrics, confusion_to_list, to_floats
+
+
+class EncoderMismatchError(RuntimeError):
+    pass
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """LR multiplier: linear warmup from 1/warmup (not 0: the paper's epoch-stepped warmup ran epoch 1 at LR 0)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class SERModule(L.LightningModule):
+    def __init__(
+        self,
+        head: SERHead,
+        class_names: Sequence[str],
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        label_smoothing: float = 0.0,
+        class_weights: Optional[torch.Tensor] = None,
+        encoder: Optional[FrozenWhisperEncoder] = None,
+        layers: Sequence[int] = (),
+        encoder_info: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["head", "encoder", "class_weights"])
+        self.head = head
+        self.class_names = list(class_names)
+        self.__dict__["_encoder"] = encoder  # plain attribute: not a submodule, not in state_dict
+        self.layers = list(layers)
+        self.encoder_info = dict(encoder_info or {})
+        self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        base = build_metrics(self.class_names)
+        self.train_metrics = base.clone(prefix="train/")
+        self.val_metrics = base.clone(prefix="val/")
+        self.test_metrics = base.clone(prefix="test/")
+        self.test_confusion = build_confusion(self.class_names)
+        self.test_results: Dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ the shared step
+    def _features(self, batch: Dict[str, torch.Tensor]):
+        if "features" in batch:
+            return batch["features"], batch["mask"]
+        encoder = self.__dict__["_encoder"]
+        if encoder is None:
+            raise RuntimeError("batch holds audio features but the module has no encoder (live mode needs one)")
+        if next(encoder.parameters()).device != self.device:
+            encoder.to(self.device)
+        out = encoder(batch["input_features"], batch["input_frames"], batch["content_frames"], self.layers)
+        feats = [out.layers[k].float() for k in self.layers]
+        x = feats[0] if len(feats) == 1 else torch.stack(feats, dim=1)  # (B, T, D) or (B, L, T, D)
+        return x, out.mask
+
+    def forward(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        features, mask = self._features(batch)
+        return self.head(features, mask)
+
+    def model_step(self, batch: Dict[str, torch.Tensor]):
+        logits = self(batch)
+        loss = self.criterion(logits.float(), batch["label"])
+        return loss, logits.argmax(-1), batch["label"]
+
+    def training_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, preds, labels = self.model_step(batch)
+        self.train_metrics.update(preds, labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, preds, labels = self.model_step(batch)
+        self.val_metrics.update(preds, labels)
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(labels), sync_dist=True)
+
+    def test_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> None:
+        _, preds, labels = self.model_step(batch)
+        self.test_metrics.update(preds, labels)
+        self.test_confusion.update(preds, labels)
+
+    # ------------------------------------------------------------------ epoch ends: compute() + reset()
+    def on_train_epoch_end(self) -> None:
+        values = self.train_metrics.compute()
+        self.train_metrics.reset()
+        self.log_dict({k: v for k, v in values.items() if k in ("train/wa", "train/ua")}, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log("val/ua", values.pop("val/ua"), prog_bar=True)
+        self.log_dict(values)
+
+    def on_test_epoch_end(self) -> None:
+        values = to_floats(self.test_metrics.compute())
+        cm = self.test_confusion.compute()
+        self.test_metrics.reset()
+        self.test_confusion.reset()
+        self.log_dict(values)
+        self.test_results = {
+            **values,
+            "confusion_matrix": confusion_to_list(cm),
+            "class_names": self.class_names,
+            "n_test": int(cm.sum()),
+        }
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        params = [p for p in self.head.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(round(self.hparams.warmup_ratio * total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints: head only + encoder identity
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["ser_encoder"] = dict(self.encoder_info)
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        stored = checkpoint.get("ser_encoder", {})
+        mine = self.encoder_info
+        if stored.get("fingerprint") and mine.get("fingerprint") and stored["fingerprint"] != mine["fingerprint"]:
+            raise EncoderMismatchError(
+                f"checkpoint was trained on encoder {stored.get('source')} (fingerprint {stored['fingerprint'][:12]}), "
+                f"but {mine.get('source')} has fingerprint {mine['fingerprint'][:12]}; refusing to mix them"
+            )
+
+    def head_state(self) -> Dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.head.parameters())
+
+
+def layer_list(layers: Optional[List[int]], layer: int) -> List[int]:
+    return list(layers) if layers else [layer]
