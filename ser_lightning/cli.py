@@ -75,7 +75,7 @@ def _register_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own job modules (each adds its own arguments)."""
     import importlib
 
-    for name in ("cv", "sweep", "report", "predict", "bench", "export"):
+    for name in ("cv", "sweep", "report", "predict", "bench", "export", "probe"):
         try:
             mod = importlib.import_module(f"ser_lightning.run.{name}")
         except ImportError:

@@ -142,11 +142,16 @@ class LengthBucketBatchSampler(Sampler[List[int]]):
                 batches += batches[: per_rank * self.num_replicas - len(batches)]
             return batches[self.rank :: self.num_replicas]
         idx.sort(key=lambda i: self.lengths[i])
-        batches = [idx[b : b + self.batch_size] for b in range(0, len(idx), self.batch_size)]
+        size = self.batch_size
+        if self.num_replicas > 1:  # Lightning refuses a rank with zero eval batches: give every rank >= 1
+            size = max(1, min(size, -(-len(idx) // self.num_replicas)))
+        batches = [idx[b : b + size] for b in range(0, len(idx), size)]
         return batches[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[List[int]]:
-        return iter(self._batches())
+        # lazy: the order is drawn at the first batch, after the epoch's set_epoch (Lightning creates the
+        # first epoch's iterator before its epoch-start hooks run)
+        yield from self._batches()
 
     def __len__(self) -> int:
         return len(self._batches())
@@ -219,6 +224,8 @@ class SERDataModule(L.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:
+            if self.features.cached:  # DDP: rank 0 may have filled the cache (prepare_data) since the first setup
+                self.open_cache().refresh()
             return
         table = self._table()
         self.split = make_split(

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -15,19 +16,47 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ser_lightning.config import require, to_yaml
-from ser_lightning.utils.io import atomic_write_json, atomic_write_text, read_json
+from ser_lightning.utils.io import atomic_write_json, atomic_write_text, fault_point, read_json
 
 RESULTS = "results.json"
 
 
+# settings that do not change a run's result (where it is written, how it is logged or cached)
+VOLATILE_KEYS = (
+    "output_dir", "wandb", "cv", "trainer.enable_progress_bar", "cache.dir", "cache.verify",
+    "cache.encode_batch_size", "data.num_workers", "data.table_cache_dir",
+)  # fmt: skip
+
+
+class RunConflictError(RuntimeError):
+    """output_dir already holds a run of a different configuration."""
+
+
 def config_hash(cfg: DictConfig) -> str:
-    """Identity of a run: everything but where it is written and how it is logged."""
+    """Identity of a run: its configuration minus VOLATILE_KEYS (the encoder and data fingerprints are
+    recorded in results.json next to it)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(c, dict)
-    for volatile in ("output_dir", "wandb"):
-        c.pop(volatile, None)
-    c.get("trainer", {}).pop("enable_progress_bar", None)
+    for key in VOLATILE_KEYS:
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def claim_output_dir(out: Path, cfg: DictConfig) -> None:
+    """Refuse to reuse a folder that holds another configuration's run (nothing is ever overwritten)."""
+    stamp = read_json(out / "run_identity.json")
+    mine = config_hash(cfg)
+    if stamp and stamp.get("config_hash") != mine:
+        raise RunConflictError(
+            f"{out} holds a run of a different configuration (config_hash {stamp.get('config_hash')} != {mine}); "
+            "choose another output_dir (nothing was changed)"
+        )
+    if not stamp:
+        atomic_write_json(out / "run_identity.json", {"config_hash": mine})
 
 
 def check_output_dir(path: Path, need_mb: int = 50) -> None:
@@ -47,7 +76,7 @@ def check_output_dir(path: Path, need_mb: int = 50) -> None:
 def finished_results(output_dir: Path, cfg: DictConfig) -> Optional[Dict[str, Any]]:
     """The stored results if this exact configuration already finished in output_dir."""
     res = read_json(output_dir / RESULTS)
-    if res and res.get("config_hash") == config_hash(cfg):
+    if res and res.get("config_hash") == config_hash(cfg) and "test/ua" in res:
         return res
     return None
 
@@ -115,17 +144,39 @@ def make_trainer(cfg: DictConfig, output_dir: Path, logger: Any, callbacks: list
         use_distributed_sampler=False,  # the datamodule shards itself: eval sees every clip exactly once
         enable_model_summary=False,
     )  # fmt: skip
+    # fault tolerance (run/callbacks.py): atomic checkpoint files, per-epoch seeds (a resumed run repeats the
+    # interrupted epoch exactly), fault-injection points for the tests
+    from ser_lightning.run.callbacks import AtomicCheckpointIO, EpochSeed, FaultPoints
+
+    kwargs["plugins"] = [AtomicCheckpointIO()]
+    kwargs["callbacks"] = [*callbacks, EpochSeed(cfg.seed), FaultPoints()]
     if t.limit_train_batches is not None:
         kwargs["limit_train_batches"] = t.limit_train_batches
     return L.Trainer(**kwargs)
 
 
 def train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
-    """Run one fold end to end; returns the results dict (also written to output_dir/results.json)."""
+    """Run one fold end to end; returns the results dict (also written to output_dir/results.json).
+
+    Interrupted (SIGTERM: exit 143; SIGKILL; a crash), the same call resumes from the last epoch-end
+    checkpoint and ends with the same results as an uninterrupted run (README "Resuming and faults")."""
+    from ser_lightning.run.callbacks import Terminated, sigterm_exits
+
+    with sigterm_exits():
+        try:
+            return _train(cfg, encoder)
+        except Terminated:
+            print(f"[ser] {cfg.output_dir}: stopped by SIGTERM (exit {Terminated().code}); run the same command "
+                  "again to resume from the last epoch-end checkpoint", file=sys.stderr, flush=True)  # fmt: skip
+            raise
+
+
+def _train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from ser_lightning.run.provenance import provenance
+    from ser_lightning.run.callbacks import choose_resume
+    from ser_lightning.run.provenance import provenance, write_provenance
     from ser_lightning.tracking import log_test_results, make_logger
 
     require(cfg, "data.root", "model.encoder")
@@ -135,6 +186,7 @@ def train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
     if done is not None:
         print(f"[ser] {out}: already finished with this configuration (test/ua {done['test/ua']:.4f}); skipping")
         return done
+    claim_output_dir(out, cfg)
     start = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.deterministic:
@@ -150,18 +202,16 @@ def train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
     )  # fmt: skip
     trainer = make_trainer(cfg, out, logger, [checkpoint])
     last = ckpt_dir / "last.ckpt"
-    stamp = read_json(ckpt_dir / "config_hash.json") or {}
-    resume = str(last) if last.is_file() and stamp.get("config_hash") == config_hash(cfg) else None
-    if last.is_file() and resume is None:
-        # checkpoints of another configuration in this folder: never mix them into this run
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(ckpt_dir / "config_hash.json", {"config_hash": config_hash(cfg)})
+    # last.ckpt, else best.ckpt (unloadable ones are moved aside), else start over; claim_output_dir
+    # guarantees they are this configuration's
+    resume = choose_resume(ckpt_dir)
     if resume:
-        print(f"[ser] resuming {out} from {last}")
+        print(f"[ser] resuming {out} from {resume}")
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
-    best = checkpoint.best_model_path or str(last)
+    fault_point("before_test")
+    best = checkpoint.best_model_path or (str(ckpt_dir / "best.ckpt") if (ckpt_dir / "best.ckpt").is_file() else str(last))
     trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=True)
+    fault_point("before_results")
     results: Dict[str, Any] = dict(module.test_results)
     assert dm.split is not None
     results.update(
@@ -188,6 +238,7 @@ def train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
     if trainer.is_global_zero:
         from ser_lightning.run.export import export_head
 
+        write_provenance(out / "provenance.json", cfg, dm, module.encoder_info)
         export_head(module, cfg, out / "export")
         image = _confusion_png(results, out)
         log_test_results(logger, results, dm.class_names, image)

@@ -1,0 +1,179 @@
+"""`ser cv`: every fold of one configuration (each a `ser train` run in output_dir/fold_K), then
+summary.json (mean +- std over folds, pooled confusion matrix) and summary.md (the papers' table format).
+
+Resumable: finished folds (same configuration) are skipped, an interrupted fold continues from its last
+checkpoint, and a folder that holds another configuration is refused, never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ser_lightning.config import compose, require
+from ser_lightning.utils.io import atomic_write_json, atomic_write_text, fault_point, read_json
+
+SCALARS = ("test/wa", "test/ua", "test/f1_macro", "test/f1_weighted")
+SUMMARY = "summary.json"
+
+
+def corpus_folds(cfg: DictConfig) -> List[int]:
+    from ser_lightning.data.folds import fold_speakers
+    from ser_lightning.data.table import load_corpus
+
+    table = load_corpus(OmegaConf.to_container(cfg.data, resolve=True))  # type: ignore[arg-type]
+    return sorted(fold_speakers(table, cfg.data.num_folds, cfg.seed))
+
+
+def fold_config(cfg: DictConfig, fold: int) -> DictConfig:
+    out = Path(cfg.output_dir)
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        c.data.fold = fold
+        c.output_dir = str(out / f"fold_{fold}")
+        c.wandb.group = cfg.wandb.group or out.name
+        c.wandb.job_type = "fold"
+        c.wandb.name = f"{cfg.wandb.name or out.name}-fold{fold}"
+    return c
+
+
+def mean_std(values: List[float]) -> Dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1, 0 for one fold) over folds."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "folds": values,
+    }
+
+
+def summarize(results: List[Dict[str, Any]], cfg: Optional[DictConfig] = None) -> Dict[str, Any]:
+    if not results:
+        raise ValueError("no fold results to summarise")
+    class_names = results[0]["class_names"]
+    keys = list(SCALARS) + [f"test/recall_{c}" for c in class_names]
+    summary: Dict[str, Any] = {k: mean_std([float(r[k]) for r in results]) for k in keys}
+    n = len(class_names)
+    pooled = [[sum(r["confusion_matrix"][i][j] for r in results) for j in range(n)] for i in range(n)]
+    summary.update(
+        {
+            "folds": [r["fold"] for r in results],
+            "n_test": sum(r["n_test"] for r in results),
+            "class_names": class_names,
+            "confusion_matrix": pooled,
+            "std": "sample standard deviation over folds (ddof=1)",
+            "encoder": results[0]["encoder"],
+            "pooling": results[0]["pooling"],
+            "layers": results[0]["layers"],
+            "corpus": results[0].get("corpus"),
+            "config_hash": results[0]["config_hash"],
+            "wall_time_s": round(sum(r["wall_time_s"] for r in results), 1),
+        }
+    )
+    return summary
+
+
+def pct(stat: Dict[str, Any]) -> str:
+    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+
+def summary_markdown(summary: Dict[str, Any], results: List[Dict[str, Any]], title: str) -> str:
+    enc = summary["encoder"]
+    layers = ",".join(map(str, summary["layers"]))
+    lines = [
+        f"# {title}",
+        "",
+        f"Corpus {summary['corpus']}, folds {summary['folds']} (speaker-independent; checkpoint chosen on validation "
+        f"speakers drawn from the training speakers), encoder `{enc['source']}` layer(s) {layers}, "
+        f"input {enc['input_seconds']}, pooling {summary['pooling']}. Mean ± std (ddof=1) over folds, percent.",
+        "",
+        "| encoder | layer | pooling | WA | UA | macro F1 | weighted F1 |",
+        "|---|---|---|---|---|---|---|",
+        f"| {Path(enc['source']).name} | {layers} | {summary['pooling']} | {pct(summary['test/wa'])} | "
+        f"{pct(summary['test/ua'])} | {pct(summary['test/f1_macro'])} | {pct(summary['test/f1_weighted'])} |",
+        "",
+        "| fold | test speakers | n | WA | UA | macro F1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['fold']} | {' '.join(r['test_speakers'])} | {r['n_test']} | {100 * r['test/wa']:.2f} | "
+            f"{100 * r['test/ua']:.2f} | {100 * r['test/f1_macro']:.2f} |"
+        )
+    lines += ["", "| class | recall |", "|---|---|"]
+    lines += [f"| {c} | {pct(summary[f'test/recall_{c}'])} |" for c in summary["class_names"]]
+    return "\n".join(lines) + "\n"
+
+
+def run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
+    """Every fold, then the summary. Interrupted (SIGTERM: exit 143, SIGKILL, a crash), the same call skips the
+    finished folds, resumes the interrupted one from its last checkpoint and writes the same summary."""
+    from ser_lightning.run.callbacks import sigterm_exits
+
+    with sigterm_exits():
+        return _run_cv(cfg, encoder)
+
+
+def _run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
+    from ser_lightning.features.encoder import load_encoder
+    from ser_lightning.run.train import check_output_dir, train
+
+    import torch
+
+    require(cfg, "data.root", "model.encoder")
+    out = Path(cfg.output_dir)
+    check_output_dir(out)
+    folds = list(cfg.cv.folds) if cfg.cv.folds else corpus_folds(cfg)
+    start = time.time()
+    if encoder is None:  # loaded once, shared by every fold
+        device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+        encoder = load_encoder(cfg.model.encoder, device=device, dtype=cfg.model.encoder_dtype, seed=cfg.seed)
+    results = []
+    for k in folds:
+        print(f"[ser cv] fold {k} of {folds} -> {out / f'fold_{k}'}")
+        results.append(train(fold_config(cfg, k), encoder=encoder))  # a finished fold returns its results.json
+        fault_point("fold_done")
+    summary = summarize(results, cfg)
+    summary["cv_wall_time_s"] = round(time.time() - start, 1)
+    atomic_write_json(out / SUMMARY, summary)
+    atomic_write_text(out / "summary.md", summary_markdown(summary, results, f"Cross-validation: {out.name}"))
+    try:
+        from ser_lightning.run.plots import confusion_png
+
+        confusion_png(summary["confusion_matrix"], summary["class_names"], out / "confusion_matrix.png",
+                      title=f"{out.name}: pooled over folds (row-normalised)")  # fmt: skip
+    except ImportError:
+        pass
+    log_cv_summary(cfg, summary)
+    print(
+        f"[ser cv] {out.name}: WA {pct(summary['test/wa'])}  UA {pct(summary['test/ua'])}  "
+        f"F1 {pct(summary['test/f1_macro'])} over folds {folds} -> {out / SUMMARY}"
+    )
+    return summary
+
+
+def log_cv_summary(cfg: DictConfig, summary: Dict[str, Any]) -> None:
+    """One W&B run per CV (job_type=cv-summary) carrying the fold means, so dashboards compare configurations."""
+    from ser_lightning.tracking import log_cv_summary_run
+
+    log_cv_summary_run(cfg, summary)
+
+
+def load_summary(run_dir: Path) -> Optional[Dict[str, Any]]:
+    return read_json(Path(run_dir) / SUMMARY)
+
+
+def add_subcommand(sub: argparse._SubParsersAction):
+    p = sub.add_parser("cv", help="cross-validate one configuration over every fold; writes summary.json/.md")
+    p.add_argument("overrides", nargs="*", help="group selections and key=value overrides (cv.folds=[1,2] for a subset)")
+
+    def run(args: argparse.Namespace) -> int:
+        run_cv(compose(args.overrides))
+        return 0
+
+    return run

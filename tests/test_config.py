@@ -1,0 +1,52 @@
+"""Typed configuration: groups, overrides, clear errors with the valid choices, CLI exit codes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ser_lightning.config import ConfigError, available, compose
+
+
+def test_groups_and_overrides():
+    cfg = compose(["data=ravdess", "model.layer=4", "model.pooling=attentive", "--optim.lr=0.002"])
+    assert cfg.data.name == "ravdess" and cfg.model.layer == 4 and cfg.model.pooling == "attentive"
+    assert cfg.optim.lr == 0.002  # `--key=value` (wandb ${args}) works like key=value (${args_no_hyphens})
+    assert cfg.trainer.max_epochs == 30 and cfg.data.batch_size == 16 and cfg.optim.warmup_ratio == 0.1
+
+
+def test_wrong_type_is_a_clear_error():
+    with pytest.raises(ConfigError, match="model.layer"):
+        compose(["model.layer=six"])
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.poolin'.*pooling"):
+        compose(["model.poolin=qkv"])
+
+
+def test_unknown_group_lists_available():
+    with pytest.raises(ConfigError, match=r"unknown data 'ravdes'; available: .*ravdess"):
+        compose(["data=ravdes"])
+    assert "ravdess" in available("data")
+
+
+def test_unknown_choice_lists_choices():
+    with pytest.raises(ConfigError, match="mean, qkv"):
+        compose(["model.pooling=max"])
+    with pytest.raises(ConfigError, match="'clip', '30' or a number"):
+        compose(["model.input_seconds=long"])
+    with pytest.raises(ConfigError, match=r"\(0, 30\]"):
+        compose(["model.input_seconds=45"])
+
+
+def test_cli_exit_codes_and_messages():
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "ser_lightning.cli", *args], capture_output=True, text=True)
+
+    r = run("train", "data=nope")
+    assert r.returncode == 2 and "available:" in r.stderr
+    r = run("train", "data=ravdess")  # model.encoder is mandatory
+    assert r.returncode == 2 and "model.encoder" in r.stderr
+    r = run("config", "data=ravdess", "model.encoder=random:test", "model.layer=3")
+    assert r.returncode == 0 and "layer: 3" in r.stdout
