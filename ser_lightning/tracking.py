@@ -268,7 +268,7 @@ def log_report_run(out_dir: Path, title: str, images: Mapping[str, Path], tables
                      reinit="finish_previous")  # fmt: skip
     payload: Dict[str, Any] = {f"report/{k}": wandb.Image(str(p)) for k, p in images.items() if Path(p).is_file()}
     for name, (columns, rows) in tables.items():
-        payload[f"report/{name}"] = wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+        payload[f"report/{name}_table"] = wandb.Table(columns=list(columns), data=[list(r) for r in rows])
     run.log(payload)
     where = run.url if mode == "online" else str(Path(run.dir).parent)
     run.finish()

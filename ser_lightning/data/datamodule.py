@@ -44,14 +44,24 @@ class FeatureSpec:
 
 
 class CachedFeatures(Dataset):
+    """A split's cached features, copied once from the memory-mapped shards into one contiguous fp16 tensor
+    per layer (page-faulting the memmap for every item of every epoch is what made epochs slow)."""
+
     def __init__(self, hashes: Sequence[str], labels: Sequence[int], cache: FeatureCache, layers: Sequence[int]):
-        self.hashes, self.labels, self.cache, self.layers = list(hashes), list(labels), cache, list(layers)
+        self.labels, self.layers = list(labels), list(layers)
+        lengths = [int(cache.get(h, self.layers[0]).shape[0]) for h in hashes]
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.store = [
+            torch.from_numpy(np.concatenate([np.asarray(cache.get(h, k)) for h in hashes]) if hashes else np.zeros((0, 1), np.float16))
+            for k in self.layers
+        ]  # per layer: (sum_T, D)
 
     def __len__(self) -> int:
-        return len(self.hashes)
+        return len(self.labels)
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
-        feats = [torch.from_numpy(np.asarray(self.cache.get(self.hashes[i], k), dtype=np.float32)) for k in self.layers]
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        feats = [s[a:b].float() for s in self.store]
         x = feats[0] if len(feats) == 1 else torch.stack(feats)  # (T, D) or (L, T, D)
         return {"features": x, "label": self.labels[i], "index": i}
 
@@ -177,6 +187,7 @@ class SERDataModule(L.LightningDataModule):
         self.split: Optional[FoldSplit] = None
         self.splits: Dict[str, Any] = {}
         self.cache: Optional[FeatureCache] = None
+        self._datasets: Dict[str, Dataset] = {}
 
     # ------------------------------------------------------------------ sizes flow from the data
     @property
@@ -205,6 +216,7 @@ class SERDataModule(L.LightningDataModule):
                 self.features.cache_dir, enc.fingerprint, {"n_mels": enc.num_mel_bins, "frontend": "whisper-logmel-v1"},
                 self.features.policy.name, float(self.cfg["max_seconds"]), self.cfg["crop"],
                 dtype=self.features.cache_dtype, verify=self.features.verify, sample_rate=int(self.cfg["sample_rate"]),
+                verify_layers=self.features.layers,
             )  # fmt: skip
         return self.cache
 
@@ -279,7 +291,9 @@ class SERDataModule(L.LightningDataModule):
     def _dataset(self, name: str) -> Dataset:
         d = self.splits[name]
         if self.features.cached:
-            return CachedFeatures(d["sha256"], d["label"], self.open_cache(), self.features.layers)
+            if name not in self._datasets:  # built once: every epoch reuses the in-memory features
+                self._datasets[name] = CachedFeatures(d["sha256"], d["label"], self.open_cache(), self.features.layers)
+            return self._datasets[name]
         return AudioClips(d["path"], d["label"], int(self.cfg["sample_rate"]), float(self.cfg["max_seconds"]), self.cfg["crop"])
 
     def _lengths(self, name: str) -> List[int]:

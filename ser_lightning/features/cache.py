@@ -11,6 +11,7 @@ encode the same clips; readers need no lock.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -24,10 +25,13 @@ from typing import Dict, Iterator, List, Mapping, Sequence
 
 import numpy as np
 
-from ser_lightning.utils.io import atomic_write_json
+from ser_lightning.utils.io import atomic_write_json, fault_point
 
 CACHE_VERSION = 1
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
+
+
+_VERIFIED: set = set()  # (path, size, mtime_ns) of layer files whose checksum this process has checked
 
 
 class CacheCorruptError(RuntimeError):
@@ -50,13 +54,16 @@ class _Entry:
 
 
 class FeatureCache:
-    def __init__(self, root: Path | str, settings: Mapping[str, object], dtype: str = "fp16", verify: bool = True) -> None:
+    def __init__(self, root: Path | str, settings: Mapping[str, object], dtype: str = "fp16", verify: bool = True,
+                 verify_layers: Sequence[int] | None = None) -> None:  # fmt: skip
         self.settings = {**settings, "dtype": dtype, "cache_version": CACHE_VERSION}
         blob = json.dumps(self.settings, sort_keys=True, default=str).encode()
         self.key = hashlib.sha256(blob).hexdigest()[:20]
         self.dir = Path(root) / self.key
         self.dtype = dtype
         self.verify = verify
+        # checksums are verified for these layers only (None = all); other layers get the cheap shape check
+        self.verify_layers = None if verify_layers is None else {int(k) for k in verify_layers}
         self.dir.mkdir(parents=True, exist_ok=True)
         settings_file = self.dir / "settings.json"
         if not settings_file.exists():
@@ -98,8 +105,12 @@ class FeatureCache:
                 raise CacheCorruptError(f"{f}: unreadable ({e})") from None
             if arr.shape != (total, index["dim"]) or arr.dtype != np.dtype(DTYPES[self.dtype]):
                 raise CacheCorruptError(f"{f}: shape {arr.shape} {arr.dtype}, expected {(total, index['dim'])}")
-            if self.verify and _sha256_file(f) != index["sha256"][str(layer)]:
-                raise CacheCorruptError(f"{f}: checksum mismatch")
+            if self.verify and (self.verify_layers is None or int(layer) in self.verify_layers):
+                stamp = (str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
+                if stamp not in _VERIFIED:  # hash each file once per process (a CV opens the cache per fold)
+                    if _sha256_file(f) != index["sha256"][str(layer)]:
+                        raise CacheCorruptError(f"{f}: checksum mismatch")
+                    _VERIFIED.add(stamp)
         return index
 
     def _quarantine(self, shard: Path, reason: str) -> None:
@@ -166,14 +177,18 @@ class FeatureCache:
                     fh.flush()
                     os.fsync(fh.fileno())
                 sums[str(layer)] = _sha256_file(f)
+            fault_point("shard")  # arrays on disk, index not yet written, shard not yet published
             index = {
                 "hashes": list(hashes), "offsets": offsets, "lengths": lengths, "dim": dim,
                 "layers": sorted(int(k) for k in features), "sha256": sums,
             }  # fmt: skip
             atomic_write_json(tmp / "index.json", index)
             os.rename(tmp, self.dir / name)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise OSError(errno.ENOSPC, f"no space left on device while writing a feature-cache shard in {self.dir} "
+                              "(nothing partial was kept; shards already written stay valid: free space and rerun)") from e  # fmt: skip
             raise
         self.refresh()
         return self.dir / name
@@ -189,10 +204,10 @@ class FeatureCache:
 
 def cache_for(root: str, encoder_fingerprint: str, frontend_settings: Mapping[str, object], policy: str,
               max_seconds: float, crop: str, dtype: str = "fp16", verify: bool = True,
-              sample_rate: int = 16000) -> FeatureCache:  # fmt: skip
+              sample_rate: int = 16000, verify_layers: Sequence[int] | None = None) -> FeatureCache:  # fmt: skip
     settings = {
         "encoder": encoder_fingerprint, "frontend": dict(frontend_settings), "policy": policy,
         "max_seconds": float(max_seconds), "crop": crop, "sample_rate": sample_rate,
     }  # fmt: skip
-    return FeatureCache(root, settings, dtype=dtype, verify=verify)
+    return FeatureCache(root, settings, dtype=dtype, verify=verify, verify_layers=verify_layers)
 
