@@ -65,7 +65,7 @@ class ModelConfig:
     layers: Optional[List[int]] = _f(None, "Several blocks to fuse (overrides layer), e.g. [3,4,5,6].")
     fusion: str = _f("weighted", "How `layers` are fused: weighted (learned softmax sum, SUPERB) or conv (Qieemo-style).")
     fusion_layernorm: bool = _f(True, "LayerNorm each fused layer before mixing.")
-    input_seconds: str = _f("clip", "Encoder input length: 'clip' (own length, masked), '30' (the paper), or seconds, e.g. '10'.")
+    input_seconds: str = _f("30", "Encoder input length: '30' (the paper; default: the only policy that held probe accuracy at every layer), 'clip' (own length, masked; ~15x cheaper), or seconds, e.g. '10'.")
     pooling: str = _f("qkv", "Pooling: mean, attentive, qkv, attentive_stats, learned_query.")
     heads: int = _f(6, "Pooling heads (paper: ShEMO 6, IEMOCAP 12).")
     head_dim: int = _f(4, "Per-head hidden size (paper: 4).")

@@ -15,7 +15,7 @@ def _cfg(tmp: Path, ravdess_root, *extra):
     return compose(
         [
             "data=ravdess", f"data.root={ravdess_root}", "data.fold=2", "data.limit_per_class=30",
-            "model.encoder=random:test", "model.layer=2", "model.pooling=qkv", "model.heads=2",
+            "model.encoder=random:test", "model.layer=2", "model.pooling=qkv", "model.heads=2", "model.input_seconds=clip",
             "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "wandb.mode=disabled",
             f"cache.dir={tmp / 'cache'}", f"data.table_cache_dir={tmp / 'tables'}", f"output_dir={tmp / 'run'}",
             *extra,

@@ -109,7 +109,7 @@ def cv_run(tmp_path_factory, ravdess_root):
     tmp = tmp_path_factory.mktemp("wandb_cv")
     overrides = [
         "data=ravdess", f"data.root={ravdess_root}", "data.limit_per_class=40", "cv.folds=[1,2]",
-        "model.encoder=random:test", "model.layer=2", "model.pooling=attentive", "model.heads=2",
+        "model.encoder=random:test", "model.layer=2", "model.pooling=attentive", "model.heads=2", "model.input_seconds=clip",
         "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
         "wandb.mode=offline", f"wandb.dir={tmp / 'wb'}", f"cache.dir={shared / 'features'}",
         f"data.table_cache_dir={shared / 'tables'}", f"output_dir={tmp / 'cv_tiny'}",

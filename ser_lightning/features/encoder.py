@@ -129,6 +129,7 @@ class FrozenWhisperEncoder(nn.Module):
         self.encoder = encoder.eval().requires_grad_(False)
         self.source = source
         self.fingerprint = fingerprint
+        self.compiled = False
 
     # sizes flow from here to the head
     @property
@@ -146,6 +147,19 @@ class FrozenWhisperEncoder(nn.Module):
     def train(self, mode: bool = True) -> "FrozenWhisperEncoder":
         # frozen: never leaves eval mode (Whisper's dropout / layerdrop must stay off)
         return super().train(False)
+
+    def compile_blocks(self, **options) -> "FrozenWhisperEncoder":
+        """torch.compile every encoder block in place (`model.compile`); returns self.
+
+        The masked forward below calls the blocks one by one, so `torch.compile(self.encoder)` would never take
+        effect: the blocks are what must be compiled. dynamic=True: one graph serves every input length (and,
+        with PyTorch's inlined nn.Module parameters, every block of the same shape). Pays off on GPU for long
+        runs; on CPU the first batches spend minutes compiling.
+        """
+        for block in self.encoder.layers:
+            block.compile(**{"dynamic": True, **options})
+        self.compiled = True
+        return self
 
     def resolve_layers(self, layers: Sequence[int]) -> List[int]:
         """Map -1 to L and check every layer is in 1..L (the error lists what is available)."""

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ser_lightning.data.audio import crop, decode
-from ser_lightning.features.cache import FeatureCache
+from ser_lightning.features.cache import DTYPES, FeatureCache
 from ser_lightning.features.encoder import FrozenWhisperEncoder
-from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend
+from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend, encoder_frames, mel_frames
+from ser_lightning.utils.io import fault_point
 
 SHARD_CLIPS = 256  # a kill loses at most one shard's worth of encoding
 
@@ -35,9 +36,13 @@ def encode_waves(
     feats, frames, content = frontend(waves, policy, device)
     out = encoder(feats, frames, content, layers)
     lengths = content.tolist()
-    return {
-        k: [h[i, : lengths[i]].float().cpu().numpy() for i in range(len(waves))] for k, h in out.layers.items()
-    }
+    result: Dict[int, List[np.ndarray]] = {}
+    for k, h in out.layers.items():
+        # one device->host copy per layer, in the compute dtype (bf16 is half the bytes of fp32), cut to the
+        # longest clip's frames; then per-clip views on the host (exact: bf16/fp16 -> fp32 is lossless)
+        host = h[:, : max(lengths)].cpu().float().numpy()
+        result[k] = [host[i, : lengths[i]] for i in range(len(waves))]
+    return result
 
 
 @dataclass
@@ -70,23 +75,60 @@ def fill_cache(
         todo = cache.missing(list(paths_by_hash), layers)
         if not todo:
             return FillStats(0, len(paths_by_hash), 0.0, 0.0)
+        _check_space(cache, encoder, [durations[h] for h in todo], len(layers), sample_rate, max_seconds)
         frontend = LogMelFrontend(encoder.num_mel_bins)
         todo.sort(key=lambda h: durations[h])  # similar lengths together: little padding
         audio_seconds = 0.0
         bar = _progress(len(todo), progress, f"encoding {len(todo)} clips ({encoder.source}, layers {layers})")
-        for s in range(0, len(todo), SHARD_CLIPS):
-            shard_hashes = todo[s : s + SHARD_CLIPS]
+        shards = [todo[s : s + SHARD_CLIPS] for s in range(0, len(todo), SHARD_CLIPS)]
+        batches = [sh[b : b + batch_size] for sh in shards for b in range(0, len(sh), batch_size)]
+
+        def load(batch: List[str]) -> List[np.ndarray]:
+            return [load_clip(paths_by_hash[h], sample_rate, max_seconds, crop_where) for h in batch]
+
+        loaded = _prefetch(batches, load)  # the next batch is decoded while this one is encoded
+        for shard_hashes in shards:
             shard: Dict[int, List[np.ndarray]] = {k: [] for k in layers}
             for b in range(0, len(shard_hashes), batch_size):
-                batch = shard_hashes[b : b + batch_size]
-                waves = [load_clip(paths_by_hash[h], sample_rate, max_seconds, crop_where) for h in batch]
+                batch, waves = next(loaded)
                 audio_seconds += sum(len(w) for w in waves) / sample_rate
                 for k, arrays in encode_waves(encoder, frontend, waves, policy, layers).items():
                     shard[k].extend(arrays)
                 bar(len(batch))
+                fault_point("encode_batch")
             cache.write_shard(shard_hashes, shard)
         bar(0, done=True)
     return FillStats(len(todo), len(paths_by_hash) - len(todo), time.perf_counter() - start, audio_seconds)
+
+
+def _prefetch(batches: Sequence[List[str]], load) -> Iterator[Tuple[List[str], List[np.ndarray]]]:
+    """Yield (batch, load(batch)) in order, loading batch i+1 in a worker thread while the caller encodes batch i
+    (audio decoding and resampling release the GIL). Errors surface at the batch that raised them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ser-decode") as pool:
+        future = pool.submit(load, batches[0])
+        for i, batch in enumerate(batches):
+            waves = future.result()
+            if i + 1 < len(batches):
+                future = pool.submit(load, batches[i + 1])
+            yield batch, waves
+
+
+def _check_space(cache: FeatureCache, encoder: FrozenWhisperEncoder, durations: Sequence[float], n_layers: int,
+                 sample_rate: int, max_seconds: float) -> None:  # fmt: skip
+    """Refuse to start encoding (a clear error, before the long work) when the cache's disk cannot hold it."""
+    import errno
+    import shutil
+
+    frames = sum(encoder_frames(mel_frames(int(min(d, max_seconds) * sample_rate))) for d in durations)
+    need = frames * encoder.output_dim * np.dtype(DTYPES[cache.dtype]).itemsize * n_layers + (16 << 20)
+    free = shutil.disk_usage(cache.dir).free
+    if free < need:
+        raise OSError(errno.ENOSPC, f"the feature cache {cache.dir} needs about {need / 2**20:.0f} MiB for "
+                      f"{len(durations)} clips but only {free / 2**20:.0f} MiB are free; free space or set cache.dir")  # fmt: skip
 
 
 def _progress(total: int, enabled: bool, title: str):

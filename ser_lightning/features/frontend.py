@@ -28,28 +28,46 @@ class LengthPolicy:
     `clip`: the clip's own length (batches padded to their longest clip, padded keys masked in attention).
     `seconds=S`: the clip padded with silence to S seconds (Whisper-style), longer clips keep their own length;
     `seconds=30` is the paper's input exactly.
+    `clip+T` (tail=T): the clip followed by T seconds of silence (at most up to the 30 s window).
     """
 
     seconds: float | None  # None = clip
+    tail: float = 0.0  # seconds of silence after the clip (clip policy only)
 
     @classmethod
     def parse(cls, value: object) -> "LengthPolicy":
         text = str(value).strip()
         if text == "clip":
             return cls(None)
-        seconds = float(text)
+        if text.startswith("clip+"):
+            try:
+                tail = float(text[5:].rstrip("s"))
+            except ValueError:
+                tail = -1.0
+            if not 0 < tail < WINDOW_SECONDS:
+                raise ValueError(f"input_seconds={text!r}: 'clip+T' needs T seconds of silence in (0, 30), e.g. 'clip+2'")
+            return cls(None, tail)
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = -1.0
         if not 0 < seconds <= WINDOW_SECONDS:
-            raise ValueError(f"input_seconds={text!r} must be 'clip' or a number of seconds in (0, 30]")
+            raise ValueError(f"input_seconds={text!r} must be 'clip', 'clip+T' or a number of seconds in (0, 30]")
         return cls(seconds)
 
     @property
     def name(self) -> str:
-        return "clip" if self.seconds is None else f"{self.seconds:g}s"
+        if self.seconds is None:
+            return f"clip+{self.tail:g}s" if self.tail else "clip"
+        return f"{self.seconds:g}s"
 
     def input_samples(self, num_samples: int) -> int:
         """Samples fed to the front end for a clip of `num_samples` (after any crop to 30 s)."""
         if self.seconds is None:
-            return num_samples
+            if not self.tail:
+                return num_samples
+            window = int(WINDOW_SECONDS * SAMPLE_RATE)
+            return max(num_samples, min(num_samples + int(round(self.tail * SAMPLE_RATE)), window))
         return max(num_samples, int(round(self.seconds * SAMPLE_RATE)))
 
 

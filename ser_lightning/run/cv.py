@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ser_lightning.config import compose, require
-from ser_lightning.utils.io import atomic_write_json, atomic_write_text, fault_point, read_json
+from ser_lightning.utils.io import atomic_write_json, atomic_write_text, fault_point, read_json, remove_stale_temps
 
 SCALARS = ("test/wa", "test/ua", "test/f1_macro", "test/f1_weighted")
 SUMMARY = "summary.json"
@@ -128,6 +128,7 @@ def _run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     require(cfg, "data.root", "model.encoder")
     out = Path(cfg.output_dir)
     check_output_dir(out)
+    remove_stale_temps(out)  # of a summary write killed half-way
     folds = list(cfg.cv.folds) if cfg.cv.folds else corpus_folds(cfg)
     start = time.time()
     if encoder is None:  # loaded once, shared by every fold

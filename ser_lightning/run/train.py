@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ser_lightning.config import require, to_yaml
-from ser_lightning.utils.io import atomic_write_json, atomic_write_text, fault_point, read_json
+from ser_lightning.utils.io import atomic_write_json, atomic_write_text, fault_point, read_json, remove_stale_temps
 
 RESULTS = "results.json"
 
@@ -144,12 +144,12 @@ def make_trainer(cfg: DictConfig, output_dir: Path, logger: Any, callbacks: list
         use_distributed_sampler=False,  # the datamodule shards itself: eval sees every clip exactly once
         enable_model_summary=False,
     )  # fmt: skip
-    # fault tolerance (run/callbacks.py): atomic checkpoint files, per-epoch seeds (a resumed run repeats the
+    # fault tolerance (run/callbacks.py): atomic checkpoint files, per-step seeds (a resumed run repeats the
     # interrupted epoch exactly), fault-injection points for the tests
-    from ser_lightning.run.callbacks import AtomicCheckpointIO, EpochSeed, FaultPoints
+    from ser_lightning.run.callbacks import AtomicCheckpointIO, FaultPoints, ReproducibleSteps
 
     kwargs["plugins"] = [AtomicCheckpointIO()]
-    kwargs["callbacks"] = [*callbacks, EpochSeed(cfg.seed), FaultPoints()]
+    kwargs["callbacks"] = [*callbacks, ReproducibleSteps(cfg.seed), FaultPoints()]
     if t.limit_train_batches is not None:
         kwargs["limit_train_batches"] = t.limit_train_batches
     return L.Trainer(**kwargs)
@@ -173,9 +173,8 @@ def train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
 
 def _train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from ser_lightning.run.callbacks import choose_resume
+    from ser_lightning.run.callbacks import RunCheckpoint, choose_resume
     from ser_lightning.run.provenance import provenance, write_provenance
     from ser_lightning.tracking import log_test_results, make_logger
 
@@ -187,6 +186,9 @@ def _train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
         print(f"[ser] {out}: already finished with this configuration (test/ua {done['test/ua']:.4f}); skipping")
         return done
     claim_output_dir(out, cfg)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # (DDP: ranks > 0 are started while rank 0 works)
+        for folder in (out, out / "checkpoints", out / "export"):  # temp files of writes killed half-way
+            remove_stale_temps(folder)
     start = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.deterministic:
@@ -196,11 +198,18 @@ def _train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
     run_config = OmegaConf.to_container(cfg, resolve=True)
     logger = make_logger(cfg, out, run_config)  # type: ignore[arg-type]
     ckpt_dir = out / "checkpoints"
-    checkpoint = ModelCheckpoint(
-        dirpath=str(ckpt_dir), filename="best", monitor=cfg.monitor, mode=cfg.monitor_mode, save_last=True,
+    checkpoint = RunCheckpoint(
+        dirpath=str(ckpt_dir), filename="best", monitor=cfg.monitor, mode=cfg.monitor_mode, save_last=False,
         auto_insert_metric_name=False, enable_version_counter=False,
     )  # fmt: skip
-    trainer = make_trainer(cfg, out, logger, [checkpoint])
+    # last.ckpt at EVERY epoch end (Lightning 2.6's save_last=True writes it only in epochs that improved the
+    # monitor, so a resume would lose every epoch since the best one); it comes after `checkpoint` in the
+    # list, so it stores this epoch's best-so-far state
+    last_checkpoint = RunCheckpoint(
+        dirpath=str(ckpt_dir), filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )  # fmt: skip
+    trainer = make_trainer(cfg, out, logger, [checkpoint, last_checkpoint])
     last = ckpt_dir / "last.ckpt"
     # last.ckpt, else best.ckpt (unloadable ones are moved aside), else start over; claim_output_dir
     # guarantees they are this configuration's
@@ -238,7 +247,7 @@ def _train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
     if trainer.is_global_zero:
         from ser_lightning.run.export import export_head
 
-        write_provenance(out / "provenance.json", cfg, dm, module.encoder_info)
+        write_provenance(out / "provenance.json", cfg, dm, module.encoder_info, compact=results["provenance"])
         export_head(module, cfg, out / "export")
         image = _confusion_png(results, out)
         log_test_results(logger, results, dm.class_names, image)

@@ -1,0 +1,287 @@
+"""`ser predict`: emotion of audio files with a trained head (the exported safetensors + JSON of a run).
+
+    ser predict --run runs/x clip.wav more/ list.csv --out predictions.jsonl
+
+Inputs: audio files, folders (searched recursively for .wav/.flac/.ogg/.mp3) and manifests (.csv/.tsv/.jsonl
+with a `path` column, or `audio` / `wav`; relative paths are resolved against the manifest's folder and may
+not leave it unless --allow-outside-root). `--run` is a run folder (its `export/`), an export folder (what
+`ser export` writes), not a CV folder (pass one fold: `--run cv/fold_3`).
+
+The path is the one training took: decode + resample (data/audio.py, same bad-input checks), the Whisper
+log-mel front end and length policy, the frozen encoder named in head.json (`--encoder PATH` for a local
+copy of the same weights; other weights are refused by fingerprint), the encoder layer(s), features rounded
+to the feature-cache dtype, the head. Clips longer than the run's data.max_seconds (30 s at most) are cut
+into consecutive windows of that length: every window is predicted, and the clip's probabilities are the
+mean of its windows' (a tail shorter than data.min_seconds is dropped). A file that cannot be used is
+reported with its error and the others are still predicted; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ser_lightning.utils.io import atomic_write_text
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
+PATH_COLUMNS = ("path", "audio", "wav")
+
+
+class EncoderFingerprintError(ValueError):
+    """The encoder weights are not the ones the head was trained on."""
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def _manifest_rows(path: Path) -> List[Tuple[int, Dict[str, Any]]]:
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except ValueError as e:
+                    raise ValueError(f"{path} line {lineno}: not valid JSON ({e})") from None
+                rows.append((lineno, obj if isinstance(obj, dict) else {}))
+        return rows
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        return [(reader.line_num, dict(row)) for row in reader]
+
+
+def expand_inputs(items: Sequence[str], allow_outside_root: bool = False) -> List[Tuple[str, Optional[str]]]:
+    """(path, error) for every clip named by files, folders and manifests, in the order given."""
+    from ser_lightning.data.corpora.manifest import resolve_path
+
+    out: List[Tuple[str, Optional[str]]] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                out.append((item, f"folder has no audio files ({', '.join(AUDIO_SUFFIXES)})"))
+            out += [(f, None) for f in found]
+        elif p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
+            rows = _manifest_rows(p)
+            column = next((c for c in PATH_COLUMNS if any(c in r for _, r in rows)), None)
+            if column is None:
+                raise ValueError(f"{p}: no path column (expected one of: {', '.join(PATH_COLUMNS)})")
+            base = p.resolve().parent
+            for lineno, row in rows:
+                value = str(row.get(column) or "").strip()
+                where = f"{p} line {lineno}"
+                if not value:
+                    out.append((where, f"empty {column}"))
+                    continue
+                try:
+                    out.append((resolve_path(value, base, allow_outside_root, where), None))
+                except ValueError:
+                    out.append((value, f"{where}: '{value}' is outside the manifest's folder {base} "
+                                       "(pass --allow-outside-root to allow it)"))  # fmt: skip
+        else:
+            out.append((item, None))  # a missing / unreadable file becomes an error row when decoded
+    return out
+
+
+def windows(num_samples: int, window: int, min_samples: int) -> List[Tuple[int, int]]:
+    """Consecutive [start, end) spans of at most `window` samples; a short tail (< min_samples) is dropped."""
+    if num_samples <= window:
+        return [(0, num_samples)]
+    spans = [(s, min(s + window, num_samples)) for s in range(0, num_samples, window)]
+    if spans[-1][1] - spans[-1][0] < min_samples:
+        spans.pop()
+    return spans
+
+
+# ---------------------------------------------------------------------------------------------- model
+class Predictor:
+    """Exported head + the encoder it was trained on; `predict(paths)` -> one record per path."""
+
+    def __init__(self, run: Path | str, encoder: Optional[str] = None, device: Optional[str] = None,
+                 batch_size: int = 16, encoder_module: Any = None) -> None:  # fmt: skip
+        import torch
+
+        from ser_lightning.features.encoder import load_encoder
+        from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend
+        from ser_lightning.run.export import find_export, load_head
+
+        self.folder = find_export(run)
+        self.head, self.meta = load_head(self.folder)
+        self.class_names: List[str] = list(self.meta["class_names"])
+        enc_info = self.meta["encoder"]
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if encoder_module is None:
+            source = encoder or enc_info["source"]
+            try:
+                encoder_module = load_encoder(source, device=self.device, dtype=self.meta["model"].get("encoder_dtype", "auto"),
+                                              seed=int(self.meta.get("seed", 0)))  # fmt: skip
+            except OSError as e:
+                raise OSError(f"cannot load the encoder '{source}' named in {self.folder / 'head.json'} ({e}); "
+                              "pass --encoder PATH to a local copy of the same weights") from None  # fmt: skip
+        if encoder_module.fingerprint != enc_info["fingerprint"]:
+            raise EncoderFingerprintError(
+                f"encoder {encoder_module.source} has weight fingerprint {encoder_module.fingerprint[:12]}, but the "
+                f"head in {self.folder} was trained on {enc_info['source']} (fingerprint {enc_info['fingerprint'][:12]}); "
+                "pass --encoder PATH to a copy of those weights"
+            )
+        self.encoder = encoder_module
+        self.layers: List[int] = list(enc_info["layers"])
+        self.policy = LengthPolicy.parse(self.meta["model"].get("input_seconds", "clip"))
+        self.frontend = LogMelFrontend(encoder_module.num_mel_bins)
+        data = self.meta["data"]
+        self.sample_rate = int(data["sample_rate"])
+        self.window_seconds = min(float(data["max_seconds"]), 30.0)
+        self.min_seconds = float(data.get("min_seconds", 0.1))
+        self.feature_dtype = self.meta.get("feature_dtype")
+        self.batch_size = int(batch_size)
+        self.head.to(self.device)
+
+    def _features(self, waves: List[np.ndarray]) -> List[Any]:
+        """Per window: the encoder features exactly as the feature cache held them in training."""
+        import torch
+
+        from ser_lightning.features.cache import DTYPES
+        from ser_lightning.features.extract import encode_waves
+
+        per_layer = encode_waves(self.encoder, self.frontend, waves, self.policy, self.layers)
+        out = []
+        for i in range(len(waves)):
+            arrays = [per_layer[k][i] for k in self.layers]
+            if self.feature_dtype:
+                arrays = [a.astype(DTYPES[self.feature_dtype]).astype(np.float32) for a in arrays]
+            feats = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
+            out.append(feats[0] if len(feats) == 1 else torch.stack(feats))
+        return out
+
+    def _probabilities(self, waves: List[np.ndarray]) -> np.ndarray:
+        """(N, C) class probabilities of N windows, batched by length like evaluation in training."""
+        import torch
+
+        from ser_lightning.data.datamodule import collate_features
+
+        order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
+        probs = np.zeros((len(waves), len(self.class_names)), dtype=np.float64)
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s : s + self.batch_size]
+            feats = self._features([waves[i] for i in idx])
+            batch = collate_features([{"features": f, "label": 0, "index": j} for j, f in zip(idx, feats)])
+            with torch.no_grad():
+                logits = self.head(batch["features"].to(self.device), batch["mask"].to(self.device))
+            probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        return probs
+
+    def predict(self, inputs: Iterable[Tuple[str, Optional[str]] | str], chunk: int = 64) -> List[Dict[str, Any]]:
+        """One record per input: path, label, probs (class -> p), duration, windows, error."""
+        from ser_lightning.data.audio import BadAudioError, decode
+
+        items = [(str(x), None) if isinstance(x, (str, Path)) else x for x in inputs]
+        records: List[Dict[str, Any]] = []
+        pending: List[Tuple[Dict[str, Any], List[np.ndarray], List[Tuple[int, int]]]] = []
+
+        def flush() -> None:
+            waves = [w for _, ws, _ in pending for w in ws]
+            if waves:
+                probs = self._probabilities(waves)
+                k = 0
+                for rec, ws, spans in pending:
+                    p = probs[k : k + len(ws)]
+                    k += len(ws)
+                    rec["windows"] = [
+                        {"start": a / self.sample_rate, "end": b / self.sample_rate, **self._label(pw)}
+                        for (a, b), pw in zip(spans, p)
+                    ]
+                    rec.update(self._label(p.mean(axis=0)))
+            pending.clear()
+
+        window = int(round(self.window_seconds * self.sample_rate))
+        min_samples = int(round(self.min_seconds * self.sample_rate))
+        for path, error in items:
+            rec: Dict[str, Any] = {"path": path, "label": None, "probs": None, "duration": None, "windows": [], "error": error}
+            records.append(rec)
+            if error:
+                continue
+            try:
+                wave, info = decode(path, self.sample_rate, self.min_seconds)
+            except BadAudioError as e:
+                rec["error"] = e.reason
+                continue
+            rec["duration"] = round(info.duration, 4)
+            spans = windows(len(wave), window, min_samples)
+            pending.append((rec, [wave[a:b] for a, b in spans], spans))
+            if sum(len(ws) for _, ws, _ in pending) >= chunk:
+                flush()
+        flush()
+        return records
+
+    def _label(self, p: np.ndarray) -> Dict[str, Any]:
+        return {"label": self.class_names[int(np.argmax(p))], "probs": {c: float(v) for c, v in zip(self.class_names, p)}}
+
+
+def predict_files(run: Path | str, inputs: Sequence[str], encoder: Optional[str] = None,
+                  allow_outside_root: bool = False, **kwargs: Any) -> List[Dict[str, Any]]:  # fmt: skip
+    return Predictor(run, encoder=encoder, **kwargs).predict(expand_inputs(inputs, allow_outside_root))
+
+
+# ---------------------------------------------------------------------------------------------- output
+def to_jsonl(records: Sequence[Dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def to_csv(records: Sequence[Dict[str, Any]], class_names: Sequence[str]) -> str:
+    """One row per file (window = "all": the clip's mean over windows) plus one per window of multi-window
+    clips (window = 0, 1, ...)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "window", "start", "end", "label", "error", *[f"prob_{c}" for c in class_names]])
+    for r in records:
+        probs = r.get("probs") or {}
+        w.writerow([r["path"], "all", 0.0 if r.get("duration") is not None else "", r.get("duration") or "",
+                    r.get("label") or "", r.get("error") or "", *[probs.get(c, "") for c in class_names]])  # fmt: skip
+        if len(r.get("windows") or []) > 1:
+            for k, win in enumerate(r["windows"]):
+                w.writerow([r["path"], k, win["start"], win["end"], win["label"], "", *[win["probs"][c] for c in class_names]])
+    return buf.getvalue()
+
+
+def add_subcommand(sub: argparse._SubParsersAction):
+    p = sub.add_parser("predict", help="predict the emotion of audio files with a trained run's exported head")
+    p.add_argument("--run", required=True, help="run folder (with export/) or export folder (from `ser export`)")
+    p.add_argument("audio", nargs="+", help="audio files, folders, or manifests (.csv/.tsv/.jsonl with a path column)")
+    p.add_argument("--encoder", default=None, help="local copy of the encoder weights named in head.json")
+    p.add_argument("--out", default=None, help="write predictions to FILE.jsonl or FILE.csv")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per encoder batch")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--allow-outside-root", action="store_true", help="manifest paths may leave the manifest's folder")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.out and Path(args.out).suffix.lower() not in (".jsonl", ".csv"):
+            print(f"ser predict: --out {args.out}: use a .jsonl or .csv file name", file=sys.stderr)
+            return 2
+        try:
+            predictor = Predictor(args.run, encoder=args.encoder, device=args.device, batch_size=args.batch_size)
+        except EncoderFingerprintError as e:
+            print(f"ser predict: error: {e}", file=sys.stderr)
+            return 1
+        records = predictor.predict(expand_inputs(args.audio, args.allow_outside_root))
+        for r in records:
+            if r["error"]:
+                print(f"{r['path']}\tERROR\t{r['error']}")
+            else:
+                extra = f"\t({len(r['windows'])} windows)" if len(r["windows"]) > 1 else ""
+                print(f"{r['path']}\t{r['label']}\t{r['probs'][r['label']]:.3f}{extra}")
+        if args.out:
+            text = to_csv(records, predictor.class_names) if args.out.lower().endswith(".csv") else to_jsonl(records)
+            atomic_write_text(args.out, text)
+        failed = sum(1 for r in records if r["error"])
+        print(f"[ser predict] {len(records) - failed} predicted, {failed} failed"
+              + (f" -> {args.out}" if args.out else ""), file=sys.stderr)  # fmt: skip
+        return 1 if failed else 0
+
+    return run
