@@ -416,45 +416,82 @@ def _progress(out: Path, cache: Path) -> str:
     return ", ".join(parts)
 
 
-def _run_killed_at(args, delay, env=None):
-    """Start `ser ARGS`, SIGKILL it after `delay` s (if still running); returns the exit status."""
-    e = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+def _run(args, kill_after=None, once=None):
+    """Run `ser ARGS` in a subprocess. With `kill_after` seconds, SIGKILL it then (counted from the moment
+    `once()` first holds, when given). Returns (exit status, seconds run, seconds until `once()` held)."""
+    e = {**os.environ, "WANDB_MODE": "disabled"}
+    e.pop("SER_FAULT_AT", None)
+    start = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "ser_lightning.cli", *args], cwd=fh.ROOT, env=e,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    reached = None
+    while proc.poll() is None and once is not None and reached is None:
+        if once():
+            reached = time.time() - start
+        else:
+            time.sleep(0.5)
     try:
-        proc.wait(timeout=delay)
+        proc.wait(timeout=None if kill_after is None else kill_after)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    return proc.returncode
+    return proc.returncode, time.time() - start, reached
+
+
+class _Events:
+    """Callable: True once `target` new events happened in a `ser cv` folder since the first call (an event: a
+    fold's last.ckpt written, i.e. an epoch ended, or a fold's results.json written)."""
+
+    def __init__(self, out: Path, target: int) -> None:
+        self.out, self.target, self.seen, self.count = out, target, None, 0
+
+    def _state(self):
+        state = {str(p): p.stat().st_mtime_ns for p in self.out.glob("fold_*/checkpoints/last.ckpt") if p.is_file()}
+        state.update({str(p): 0 for p in self.out.glob("fold_*/results.json")})
+        return state
+
+    def __call__(self) -> bool:
+        state = self._state()
+        if self.seen is not None:
+            self.count += sum(1 for k, v in state.items() if self.seen.get(k) != v)
+        self.seen = state
+        return self.count >= self.target
 
 
 @pytest.mark.slow
 def test_cv_whisper_base_killed_twice_at_random_moments_gives_the_clean_summary(base_path, ravdess_root, tmp_path):
-    """The issue's acceptance check: `ser cv` on RAVDESS with whisper-base, SIGKILLed twice at seeded random
-    moments (anywhere: table, encoding, epochs, tests, writes), rerun to the end: same summary.json metrics."""
+    """The issue's acceptance check: `ser cv` on RAVDESS with whisper-base (2 folds x 4 epochs), SIGKILLed twice
+    at seeded random moments, rerun to the end: the same summary.json metrics as a clean run. Kill 1 comes at a
+    random moment of the clean run's duration (cold caches: the table, the encoding, ...); kill 2 in the resumed
+    run, a random time into a randomly drawn epoch (so it lands in training, testing or writing, never after
+    the end)."""
 
     def args(out, cache):
         return ["cv", "data=ravdess", f"data.root={ravdess_root}", f"model.encoder={base_path}", "model.layer=6",
-                "model.input_seconds=clip", "model.pooling=qkv", "data.limit_per_class=40", "cv.folds=[1,2]", "trainer.max_epochs=4",
-                "trainer.enable_progress_bar=false", "wandb.mode=disabled", f"cache.dir={cache}",
-                f"data.table_cache_dir={cache}/tables", f"output_dir={out}"]  # fmt: skip
+                "model.input_seconds=clip", "model.pooling=qkv", "data.limit_per_class=40", "cv.folds=[1,2]",
+                "trainer.max_epochs=4", "trainer.enable_progress_bar=false", "wandb.mode=disabled",
+                f"cache.dir={cache}", f"data.table_cache_dir={cache}/tables", f"output_dir={out}"]  # fmt: skip
 
     t0 = time.time()
-    clean = fh.run_ser(args(tmp_path / "clean", tmp_path / "cache_clean"), timeout=3600)
-    assert clean.returncode == 0, fh.describe(clean)
-    duration = time.time() - t0
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    status, duration, first_epoch = _run(args(clean, tmp_path / "cache_clean"), once=_Events(clean, 1))
+    assert status == 0 and (clean / "summary.json").is_file()
+    epoch_s = (duration - first_epoch) / 9  # 10 events (8 epochs, 2 results) after the first checkpoint
     rng = random.Random(20261128)
-    killed = args(tmp_path / "killed", tmp_path / "cache_killed")
-    delays = sorted(rng.uniform(0.05, 0.95) * duration for _ in range(2))
-    delays = [delays[0], delays[1] - delays[0] + 15]  # the second run restarts (imports, encoder) first
+    delay1 = rng.uniform(0.05, 0.95) * duration
+    target, delay2 = rng.randint(1, 6), rng.uniform(0.0, 0.8) * epoch_s
     report = []
-    for delay in delays:
-        status = _run_killed_at(killed, delay)
-        report.append(f"killed after {delay:.0f} s (exit {status}): {_progress(tmp_path / 'killed', tmp_path / 'cache_killed')}")
-    final = fh.run_ser(killed, timeout=3600)
-    assert final.returncode == 0, fh.describe(final)
-    print(f"\nclean run {duration:.0f} s; " + "; ".join(report) + f"; total {time.time() - t0:.0f} s")
-    a = json.loads((tmp_path / "clean" / "summary.json").read_text())
-    b = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    status, _, _ = _run(args(killed, tmp_path / "cache_killed"), kill_after=delay1)
+    assert status == -signal.SIGKILL
+    report.append(f"kill 1 at {delay1:.0f} s: {_progress(killed, tmp_path / 'cache_killed')}")
+    status, _, at = _run(args(killed, tmp_path / "cache_killed"), kill_after=delay2, once=_Events(killed, target))
+    assert status == -signal.SIGKILL
+    report.append(f"kill 2 at {at + delay2:.0f} s, {delay2:.1f} s after the {target}th epoch/fold end: "
+                  f"{_progress(killed, tmp_path / 'cache_killed')}")  # fmt: skip
+    status, _, _ = _run(args(killed, tmp_path / "cache_killed"))
+    assert status == 0
+    print(f"\nclean run {duration:.0f} s (first checkpoint at {first_epoch:.0f} s); " + "; ".join(report)
+          + f"; total {time.time() - t0:.0f} s")  # fmt: skip
+    a = json.loads((clean / "summary.json").read_text())
+    b = json.loads((killed / "summary.json").read_text())
     assert {k: a[k] for k in SUMMARY_KEYS} == {k: b[k] for k in SUMMARY_KEYS}

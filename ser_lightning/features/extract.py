@@ -38,10 +38,12 @@ def encode_waves(
     lengths = content.tolist()
     result: Dict[int, List[np.ndarray]] = {}
     for k, h in out.layers.items():
-        # one device->host copy per layer, in the compute dtype (bf16 is half the bytes of fp32), cut to the
-        # longest clip's frames; then per-clip views on the host (exact: bf16/fp16 -> fp32 is lossless)
-        host = h[:, : max(lengths)].cpu().float().numpy()
-        result[k] = [host[i, : lengths[i]] for i in range(len(waves))]
+        # one device->host transfer per layer, in the compute dtype (bf16 is half the bytes of fp32), cut to the
+        # longest clip's frames; then a compact fp32 copy per clip (exact: bf16/fp16 -> fp32 is lossless). The
+        # copy matters: on the CPU `.cpu()` / `.float()` return the same tensor, and a view would keep the whole
+        # padded (B, T, D) output alive for as long as the shard is being collected (~5 GB per shard at 30 s).
+        host = h[:, : max(lengths)].cpu().float()
+        result[k] = [host[i, : lengths[i]].numpy().copy() for i in range(len(waves))]
     return result
 
 
