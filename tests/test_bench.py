@@ -200,3 +200,25 @@ def test_clip_plus_tail_policy():
     feats, frames, content = LogMelFrontend(80)([wave], p)
     assert int(frames[0]) == mel_frames(48000) and feats.shape[-1] == mel_frames(48000)
     assert int(content[0]) == encoder_frames(mel_frames(16000))
+
+
+def test_encode_waves_returns_compact_exact_copies():
+    """Per clip and layer: exactly the encoder's output on the clip's frames, in arrays that own their memory
+    (a view would keep the whole padded batch output alive while a shard is collected)."""
+    import torch
+
+    from ser_lightning.features.encoder import load_encoder
+    from ser_lightning.features.extract import encode_waves
+    from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend
+
+    enc, fe = load_encoder("random:test"), LogMelFrontend(80)
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (8000, 20000)]
+    policy = LengthPolicy.parse("5")
+    got = encode_waves(enc, fe, waves, policy, [1, 2])
+    ref = enc(*fe(waves, policy), [1, 2])
+    for k in (1, 2):
+        for i, n in enumerate(ref.mask.sum(1).tolist()):
+            arr = got[k][i]
+            assert arr.dtype == np.float32 and arr.shape == (n, enc.output_dim) and arr.flags.owndata
+            assert torch.equal(torch.from_numpy(arr), ref.layers[k][i, :n])
