@@ -65,7 +65,8 @@ class ModelConfig:
     layers: Optional[List[int]] = _f(None, "Several blocks to fuse (overrides layer), e.g. [3,4,5,6].")
     fusion: str = _f("weighted", "How `layers` are fused: weighted (learned softmax sum, SUPERB) or conv (Qieemo-style).")
     fusion_layernorm: bool = _f(True, "LayerNorm each fused layer before mixing.")
-    input_seconds: str = _f("30", "Encoder input length: '30' (the paper; default: the only policy that held probe accuracy at every layer), 'clip' (own length, masked; ~15x cheaper), or seconds, e.g. '10'.")
+    feature_norm: str = _f("none", "none, or standardize: per-channel mean/std of each layer over the training split's frames (computed once per fold from the feature cache, stored in the head), applied before the projector. Whisper's residual stream has outlier channels (whisper-base layers 4-5: one ~40x the median RMS).")
+    input_seconds: str = _f("10", "Encoder input length: seconds to pad each clip to (default '10': probe UA as good as 30 s at every whisper-base layer, 3.5x cheaper), '30' (the paper), or 'clip' (own length, masked; ~10x cheaper than 30, as good except at the last layer).")
     pooling: str = _f("qkv", "Pooling: mean, attentive, qkv, attentive_stats, learned_query.")
     heads: int = _f(6, "Pooling heads (paper: ShEMO 6, IEMOCAP 12).")
     head_dim: int = _f(4, "Per-head hidden size (paper: 4).")
@@ -233,6 +234,7 @@ _CHOICES = {
     "data.crop": ("start", "center"),
     "data.subset": ("improvised", "scripted", "all"),
     "model.fusion": ("weighted", "conv"),
+    "model.feature_norm": ("none", "standardize"),
     "cache.dtype": ("fp16", "fp32"),
     "model.encoder_dtype": ("auto", "fp32", "bf16", "fp16"),
     "monitor_mode": ("max", "min"),

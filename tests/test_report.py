@@ -32,6 +32,7 @@ def fold_results(fold: int, cm: List[List[int]], layer: int, pooling: str) -> Di
         "test/f1_weighted": float((f1 * m.sum(1)).sum() / m.sum()), "test_speakers": [f"{fold:02d}", f"{fold + 10:02d}"],
         "encoder": {"source": "openai/whisper-base", "input_seconds": "clip", "layers": [layer]}, "pooling": pooling,
         "layers": [layer], "corpus": "ravdess", "config_hash": "x", "wall_time_s": 1.0,
+        "monitor": "val/ua", "best_val": 0.5 + 0.01 * fold + 0.001 * layer,
     }  # fmt: skip
     res.update({f"test/recall_{c}": float(r) for c, r in zip(CLASSES, recall)})
     return res
@@ -130,6 +131,13 @@ def test_sweep_report_leaderboard_layer_curve_and_failures(tmp_path):
     assert names == expected
     ua_col = cols.index("UA")
     assert [r[0][ua_col] for r in rows] == [_pct(summaries[n]["test/ua"]) for n in expected]
+    # the validation UA that selected each fold's checkpoint: mean +- std of the folds' best_val
+    val_col = cols.index("val UA (selection)")
+    for r, n in zip(rows, expected):
+        layer = int(n.split("_")[0].split("-")[1])
+        vals = [0.51 + 0.001 * layer, 0.52 + 0.001 * layer]
+        assert summaries[n]["val/ua_best"]["folds"] == pytest.approx(vals)
+        assert r[0][val_col] == f"{100 * np.mean(vals):.2f} ± {100 * np.std(vals, ddof=1):.2f}"
 
     # layer curve: one series per pooling, every layer, the right numbers
     for pooling in ("mean", "qkv"):

@@ -85,8 +85,13 @@ def test_sweep_yaml_is_valid_and_every_agent_command_composes(path):
 
     sub = S.ser_overrides(S.agent_command(config, {}))
     is_cv = S.agent_command(config, {})[2] == "cv"
-    fake_summary = {k: {"mean": 0.5, "std": 0.1} for k in ("test/wa", "test/ua", "test/f1_macro", "test/f1_weighted")}
-    fake_results = {"test/ua": 0.5, "test/wa": 0.5, "best_val": 0.4, "monitor": "val/ua", "n_test": 10}
+    from ser_lightning.run.cv import summarize
+
+    fake_results = {"test/ua": 0.5, "test/wa": 0.5, "test/f1_macro": 0.5, "test/f1_weighted": 0.5, "best_val": 0.4,
+                    "monitor": "val/ua", "n_test": 10, "class_names": ["a", "b"], "confusion_matrix": [[5, 0], [5, 0]],
+                    "test/recall_a": 1.0, "test/recall_b": 0.0, "fold": 1, "encoder": {}, "pooling": "qkv",
+                    "layers": [1], "config_hash": "x", "wall_time_s": 1.0}  # fmt: skip
+    fake_summary = summarize([fake_results, {**fake_results, "fold": 2}])  # what `ser cv` writes
     logged = cv_metrics(fake_summary) if is_cv else trial_metrics(fake_results)
     assert config["metric"]["name"] in logged, (config["metric"]["name"], sorted(logged))
     assert sub is not None
@@ -281,6 +286,23 @@ def test_one_worker_per_gpu_and_leaderboard(tmp_path, capsys):
     # two GPUs per trial (trainer.devices=2 trials): one worker holding both
     pair = S.LocalSweep(config, tmp_path / "g2", gpus="0,1,2,3", gpus_per_trial=2)
     assert pair.devices == ["0,1", "2,3"] and pair.workers == 2
+
+
+def test_cpu_workers_split_the_cores_between_them(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    ctl = S.LocalSweep(_fake_sweep(x={"values": [1, 2]}), tmp_path / "c", gpus="none", workers=2, poll_s=0.05)
+    assert ctl.run() == 0
+    for name in ("x-1", "x-2"):
+        res = json.loads((tmp_path / "c" / name / "results.json").read_text())
+        assert res["cuda_visible_devices"] == "" and res["omp_num_threads"] == "2"  # 4 cores / 2 workers
+    # a user's own setting wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    ctl = S.LocalSweep(_fake_sweep(x={"values": [1]}), tmp_path / "d", gpus="none", workers=2, poll_s=0.05)
+    assert ctl.run() == 0
+    assert json.loads((tmp_path / "d" / "x-1" / "results.json").read_text())["omp_num_threads"] == "3"
 
 
 def test_interrupted_sweep_stops_its_trials_and_resumes_them(tmp_path):

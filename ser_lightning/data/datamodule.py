@@ -301,9 +301,9 @@ class SERDataModule(L.LightningDataModule):
         max_s = float(self.cfg["max_seconds"])
         return [encoder_frames(mel_frames(int(min(d, max_s) * sr))) for d in self.splits[name]["duration"]]
 
-    def _loader(self, name: str, train: bool) -> DataLoader:
+    def _loader(self, name: str, train: bool, whole: bool = False) -> DataLoader:
         world, rank = 1, 0
-        if self.trainer is not None:
+        if self.trainer is not None and not whole:
             world, rank = self.trainer.world_size, self.trainer.global_rank
         sampler = LengthBucketBatchSampler(
             self._lengths(name), int(self.cfg["batch_size"] if train else self.cfg["eval_batch_size"]), shuffle=train,
@@ -313,6 +313,11 @@ class SERDataModule(L.LightningDataModule):
         workers = int(self.cfg["num_workers"])
         return DataLoader(self._dataset(name), batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                           persistent_workers=workers > 0)  # fmt: skip
+
+    def stats_dataloader(self) -> DataLoader:
+        """The whole training split in a fixed order, on every DDP rank (feature statistics must not differ
+        between ranks); no shuffling. Only training speakers: validation and test clips never contribute."""
+        return self._loader("train", False, whole=True)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

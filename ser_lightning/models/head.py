@@ -91,9 +91,18 @@ class SERHead(nn.Module):
         fusion_layernorm: bool = True,
         num_queries: int = 4,
         augment: Optional[FeatureAugment] = None,
+        feature_norm: str = "none",
     ) -> None:
         super().__init__()
         self.num_layers = num_layers
+        if feature_norm not in ("none", "standardize"):
+            raise ValueError(f"feature_norm={feature_norm!r}: use none or standardize")
+        self.standardize = feature_norm == "standardize"
+        if self.standardize:
+            # per layer and channel, from the training split (set_feature_stats); saved with the head so that
+            # evaluation, export and prediction apply exactly the training normalisation
+            self.register_buffer("feature_mean", torch.zeros(num_layers, input_dim))
+            self.register_buffer("feature_std", torch.ones(num_layers, input_dim))
         self.fusion: Optional[nn.Module] = None
         projector_in = input_dim
         if num_layers > 1 and fusion == "weighted":
@@ -107,8 +116,25 @@ class SERHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(proj_dim, num_classes)
 
+    @torch.no_grad()
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """mean, std: (L, D) over the training frames of each fused layer."""
+        if not self.standardize:
+            raise RuntimeError("this head was built with feature_norm='none'")
+        shape = tuple(self.feature_mean.shape)
+        if tuple(mean.shape) != shape or tuple(std.shape) != shape:
+            raise ValueError(f"feature stats must be {shape}, got {tuple(mean.shape)} and {tuple(std.shape)}")
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp_min(1e-5))
+
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """features (B, T, D) or (B, L, T, D); mask (B, T) -> logits (B, C)."""
+        if self.standardize:
+            # padded frames become -mean/std, not 0: harmless, every pooling masks them
+            if features.dim() == 4:
+                features = (features - self.feature_mean[:, None]) / self.feature_std[:, None]  # (B, L, T, D)
+            else:
+                features = (features - self.feature_mean[0]) / self.feature_std[0]  # (B, T, D)
         if features.dim() == 4:
             if self.fusion is None:
                 raise ValueError(f"got {features.shape[1]} layers but the head was built for {self.num_layers}")

@@ -59,6 +59,37 @@ class SERModule(L.LightningModule):
         self.test_confusion = build_confusion(self.class_names)
         self.test_results: Dict[str, Any] = {}
 
+    # ------------------------------------------------------------------ feature statistics
+    def setup(self, stage: str) -> None:
+        # model.feature_norm=standardize: per-channel statistics of the training split, computed when fitting
+        # starts (the cache is filled by then); a resumed run or a test-only run loads them from the checkpoint
+        if stage == "fit" and getattr(self.head, "standardize", False):
+            dm = getattr(self.trainer, "datamodule", None)
+            if dm is None or not hasattr(dm, "stats_dataloader"):
+                raise RuntimeError("model.feature_norm=standardize needs the SERDataModule (its training split)")
+            self.head.set_feature_stats(*self.feature_stats(dm.stats_dataloader()))
+
+    @torch.no_grad()
+    def feature_stats(self, loader) -> tuple:
+        """Mean and std per layer and channel over every real (unpadded) frame the loader yields: (L, D) each.
+        Works on cached features and, in live mode, on the encoder's output (one extra encoding pass)."""
+        total = sq = None
+        count = 0
+        for batch in loader:
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            x, mask = self._features(batch)
+            x = x if x.dim() == 4 else x.unsqueeze(1)  # (B, L, T, D)
+            m = mask[:, None, :, None].to(torch.float64)  # (B, 1, T, 1)
+            xd = x.to(torch.float64) * m
+            s1, s2 = xd.sum(dim=(0, 2)), (xd * x.to(torch.float64)).sum(dim=(0, 2))  # (L, D)
+            total, sq = (s1, s2) if total is None else (total + s1, sq + s2)
+            count += int(mask.sum())
+        if not count:
+            raise ValueError("feature statistics: the training split has no frames")
+        mean = total / count
+        var = (sq / count - mean**2).clamp_min(0.0)
+        return mean.float(), var.sqrt().float()
+
     # ------------------------------------------------------------------ the shared step
     def _features(self, batch: Dict[str, torch.Tensor]):
         if "features" in batch:

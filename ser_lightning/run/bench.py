@@ -6,7 +6,8 @@
 
 Parts (any subset, comma-separated; each row says what was measured and what was estimated):
 - encode: throughput (clips/s, audio s/s) and peak memory from audio to the requested layers' features in
-  device memory. Paper recipe = WhisperFeatureExtractor padding every clip to 30 s, fp32, the whole encoder
+  device memory. Ours uses `model.input_seconds=clip` unless the command line sets another policy (the
+  config default may be '30'). Paper recipe = WhisperFeatureExtractor padding every clip to 30 s, fp32, the whole encoder
   run through transformers (`output_hidden_states=True`), one clip at a time; it costs the same for every clip,
   so it is timed on a sample (`--paper-clips`) and extrapolated to all clips. Ours = length-sorted batches,
   `model.input_seconds` policy (masked any-length forward), `model.encoder_dtype` (bf16 on CUDA by default),
@@ -796,7 +797,10 @@ def add_subcommand(sub: argparse._SubParsersAction):
         from ser_lightning.config import compose, require
         from ser_lightning.utils.io import atomic_write_json
 
-        cfg = compose(args.overrides)
+        overrides = list(args.overrides)
+        if not any(o.lstrip("-").startswith("model.input_seconds=") for o in overrides):
+            overrides.append("model.input_seconds=clip")  # ours: the clip policy unless another one is asked for
+        cfg = compose(overrides)
         require(cfg, "model.encoder")
         parts = [x.strip() for x in args.parts.split(",") if x.strip()]
         command = "ser bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "ser bench"

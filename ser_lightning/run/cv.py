@@ -58,6 +58,11 @@ def summarize(results: List[Dict[str, Any]], cfg: Optional[DictConfig] = None) -
     class_names = results[0]["class_names"]
     keys = list(SCALARS) + [f"test/recall_{c}" for c in class_names]
     summary: Dict[str, Any] = {k: mean_std([float(r[k]) for r in results]) for k in keys}
+    monitor = results[0].get("monitor")
+    if monitor and all(r.get("best_val") is not None and r.get("monitor") == monitor for r in results):
+        # the validation score that chose each fold's checkpoint (validation speakers only): what a sweep
+        # that selects configurations should maximise (`cv/val/ua_best_mean`), never the test metrics
+        summary[f"{monitor}_best"] = mean_std([float(r["best_val"]) for r in results])
     n = len(class_names)
     pooled = [[sum(r["confusion_matrix"][i][j] for r in results) for j in range(n)] for i in range(n)]
     summary.update(
@@ -92,10 +97,11 @@ def summary_markdown(summary: Dict[str, Any], results: List[Dict[str, Any]], tit
         f"speakers drawn from the training speakers), encoder `{enc['source']}` layer(s) {layers}, "
         f"input {enc['input_seconds']}, pooling {summary['pooling']}. Mean ± std (ddof=1) over folds, percent.",
         "",
-        "| encoder | layer | pooling | WA | UA | macro F1 | weighted F1 |",
-        "|---|---|---|---|---|---|---|",
+        "| encoder | layer | pooling | WA | UA | macro F1 | weighted F1 | validation UA (selection) |",
+        "|---|---|---|---|---|---|---|---|",
         f"| {Path(enc['source']).name} | {layers} | {summary['pooling']} | {pct(summary['test/wa'])} | "
-        f"{pct(summary['test/ua'])} | {pct(summary['test/f1_macro'])} | {pct(summary['test/f1_weighted'])} |",
+        f"{pct(summary['test/ua'])} | {pct(summary['test/f1_macro'])} | {pct(summary['test/f1_weighted'])} | "
+        f"{pct(summary['val/ua_best']) if 'val/ua_best' in summary else '-'} |",
         "",
         "| fold | test speakers | n | WA | UA | macro F1 |",
         "|---|---|---|---|---|---|",
@@ -141,6 +147,10 @@ def _run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
         fault_point("fold_done")
     summary = summarize(results, cfg)
     summary["cv_wall_time_s"] = round(time.time() - start, 1)
+    from ser_lightning.tracking import is_global_zero
+
+    if not is_global_zero():  # DDP: every rank computed the same summary; rank 0 writes and logs it
+        return summary
     atomic_write_json(out / SUMMARY, summary)
     atomic_write_text(out / "summary.md", summary_markdown(summary, results, f"Cross-validation: {out.name}"))
     try:

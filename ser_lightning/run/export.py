@@ -93,7 +93,7 @@ def load_head(folder: Path | str):
         input_dim=enc["output_dim"], num_classes=len(meta["class_names"]), pooling=m["pooling"],
         proj_dim=m["proj_dim"], heads=m["heads"], head_dim=m["head_dim"], dropout=m["dropout"],
         num_layers=len(enc["layers"]), fusion=m["fusion"], fusion_layernorm=m["fusion_layernorm"],
-        num_queries=m["num_queries"],
+        num_queries=m["num_queries"], feature_norm=m.get("feature_norm", "none"),
     )  # fmt: skip
     head.load_state_dict(load_file(str(folder / WEIGHTS)))
     return head.eval(), meta

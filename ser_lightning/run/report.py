@@ -270,13 +270,15 @@ def comparison_sections(doc: Doc, runs: List[Run], failed: List[Dict[str, Any]],
     ranked = sorted(runs, key=lambda r: r.stat("test/ua")[0], reverse=True)
     keys = differing_keys(ranked)
     doc.p(f"{len(runs)} runs, sorted by mean UA over folds (± sample std over folds), percent. Columns between "
-          "'run' and 'folds' are the configuration keys that differ between runs.")  # fmt: skip
+          "'run' and 'folds' are the configuration keys that differ between runs. 'val UA (selection)' is the "
+          "validation-speaker UA that chose each fold's checkpoint: choose configurations by it, not by test UA.")  # fmt: skip
     doc.h("Leaderboard")
-    header = ["rank", "run"] + keys + ["folds", "n test"] + [label for _, label in METRICS]
+    header = ["rank", "run"] + keys + ["folds", "n test"] + [label for _, label in METRICS] + ["val UA (selection)"]
     rows = []
     for i, r in enumerate(ranked, 1):
         cells = [r.params.get(k, r.config.get(k, "")) for k in keys]
-        rows.append([i, r.name] + cells + [len(r.folds), r.summary.get("n_test")] + [pct(*r.stat(k)) for k, _ in METRICS])
+        val = pct(*r.stat("val/ua_best")) if "val/ua_best" in r.summary else "-"
+        rows.append([i, r.name] + cells + [len(r.folds), r.summary.get("n_test")] + [pct(*r.stat(k)) for k, _ in METRICS] + [val])
     doc.table(header, rows)
     out["leaderboard"] = leaderboard_png([r.name for r in ranked], [r.stat("test/ua")[0] for r in ranked],
                                          [r.stat("test/ua")[1] for r in ranked], images / "leaderboard_ua.png",

@@ -409,6 +409,10 @@ class LocalSweep:
             env["CUDA_VISIBLE_DEVICES"] = device
         elif self.cpu_only:
             env["CUDA_VISIBLE_DEVICES"] = ""
+        if device is None and "OMP_NUM_THREADS" not in os.environ:
+            # CPU trials share the cores: W workers with torch's default thread pools oversubscribe them, and
+            # OpenMP threads that wait on each other made head steps 5x slower on a busy 2-core machine
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
         env["SER_SWEEP_TRIAL"] = trial["name"]
         log_path = trial_dir / "trial.log"
         log = open(log_path, "ab")

@@ -113,6 +113,7 @@ def build(cfg: DictConfig, encoder=None):
         input_dim=encoder.output_dim, num_classes=dm.num_classes, pooling=m.pooling, proj_dim=m.proj_dim,
         heads=m.heads, head_dim=m.head_dim, dropout=m.dropout, num_layers=len(layers), fusion=m.fusion,
         fusion_layernorm=m.fusion_layernorm, num_queries=m.num_queries, augment=augment,
+        feature_norm=m.feature_norm,
     )  # fmt: skip
     info = encoder_info(encoder, layers, spec.policy.name)
     module = SERModule(

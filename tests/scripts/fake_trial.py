@@ -3,7 +3,7 @@
     python fake_trial.py key=value ... output_dir=DIR
 
 Waits while <DIR>/../hold exists (so a test can interrupt it mid-run), then writes DIR/results.json in
-`ser train`'s format: test/ua = x / 10, the environment's CUDA_VISIBLE_DEVICES, and the arguments.
+`ser train`'s format: test/ua = x / 10, the environment's CUDA_VISIBLE_DEVICES and OMP_NUM_THREADS, and the arguments.
 Exits 3 when given crash=True.
 """
 
@@ -23,5 +23,6 @@ if args.get("crash") == "True":
     sys.exit(3)
 out.mkdir(parents=True, exist_ok=True)
 results = {"test/ua": float(args.get("x", 0)) / 10, "best_val": 0.5, "monitor": "val/ua", "n_test": 10,
-           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "argv": sys.argv[1:]}
+           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "argv": sys.argv[1:]}
 (out / "results.json").write_text(json.dumps(results))
