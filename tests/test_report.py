@@ -173,3 +173,14 @@ def test_cli_several_cv_dirs_and_wandb_offline(tmp_path, monkeypatch, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 1
     assert "no CV" in capsys.readouterr().err
+
+
+def test_a_key_added_to_the_schema_later_is_not_a_difference(tmp_path):
+    """Runs made before a config field existed lack it in config.yaml; they ran with its default."""
+    from ser_lightning.run.report import Run, differing_keys
+
+    old = Run("old", tmp_path, "cv", {}, [], {"model.layer": 3, "model.pooling": "qkv"})
+    new = Run("new", tmp_path, "cv", {}, [], {"model.layer": 4, "model.pooling": "qkv", "model.feature_norm": "none"})
+    assert differing_keys([old, new]) == ["model.layer"]
+    changed = Run("std", tmp_path, "cv", {}, [], {"model.layer": 4, "model.pooling": "qkv", "model.feature_norm": "standardize"})
+    assert differing_keys([old, changed]) == ["model.feature_norm", "model.layer"]

@@ -135,16 +135,27 @@ def _unique_names(runs: List[Run]) -> None:
             r.name = f"{r.path.parent.name}/{r.name}"
 
 
+def _schema_defaults() -> Dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from ser_lightning.config import SERConfig
+
+    schema = OmegaConf.to_container(OmegaConf.structured(SERConfig), resolve=False, throw_on_missing=False)
+    return _flatten(schema)
+
+
 def differing_keys(runs: Sequence[Run]) -> List[str]:
     """Configuration keys whose value differs between runs (what the leaderboard shows)."""
     if len(runs) < 2:
         return []
     keys = sorted({k for r in runs for k in r.config} | {k for r in runs for k in r.params})
+    defaults = _schema_defaults()
     out = []
     for k in keys:
         if any(k == p.rstrip(".") or (p.endswith(".") and k.startswith(p)) for p in IGNORED_KEYS):
             continue
-        values = {repr(r.params.get(k, r.config.get(k))) for r in runs}
+        # a key missing from a run's config.yaml was added to the schema after that run: it ran with the default
+        values = {repr(r.params.get(k, r.config.get(k, defaults.get(k)))) for r in runs}
         if len(values) > 1:
             out.append(k)
     return out
