@@ -130,6 +130,7 @@ class WandbConfig:
 @dataclass
 class CVConfig:
     folds: Optional[List[int]] = _f(None, "Folds to run (default: all folds of the corpus).")
+    workers: int = _f(1, "Folds trained at once, each in its own process (CPU: the cores are split between them; GPU: they share it; the cache is filled first, once). 1 = one after another in this process.")
 
 
 @dataclass

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from ser_lightning.config import require
 
 
-def cache_command(cfg: DictConfig) -> dict:
+def cache_command(cfg: DictConfig, encoder=None) -> dict:
     from ser_lightning.data.datamodule import FeatureSpec, SERDataModule
     from ser_lightning.features.encoder import load_encoder
     from ser_lightning.features.frontend import LengthPolicy
@@ -18,8 +18,9 @@ def cache_command(cfg: DictConfig) -> dict:
     import torch
 
     require(cfg, "data.root", "model.encoder")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    encoder = load_encoder(cfg.model.encoder, device=device, dtype=cfg.model.encoder_dtype, seed=cfg.seed)
+    if encoder is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        encoder = load_encoder(cfg.model.encoder, device=device, dtype=cfg.model.encoder_dtype, seed=cfg.seed)
     layers = encoder.resolve_layers(layer_list(cfg.model.layers, cfg.model.layer))
     spec = FeatureSpec(layers, LengthPolicy.parse(cfg.model.input_seconds), True, cfg.cache.dir, cfg.cache.dtype,
                        bool(cfg.cache.verify), int(cfg.cache.encode_batch_size))  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ser_lightning.config import compose, require
+from ser_lightning.config import ConfigError, compose, require
 from ser_lightning.utils.io import atomic_write_json, atomic_write_text, fault_point, read_json, remove_stale_temps
 
 SCALARS = ("test/wa", "test/ua", "test/f1_macro", "test/f1_weighted")
@@ -116,6 +116,52 @@ def summary_markdown(summary: Dict[str, Any], results: List[Dict[str, Any]], tit
     return "\n".join(lines) + "\n"
 
 
+def _train_fold_process(cfg: DictConfig, threads: int) -> str:
+    """One fold in a worker process (spawned: no state shared with the parent but the files)."""
+    import torch
+
+    from ser_lightning.run.train import train
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    train(cfg)
+    return str(cfg.output_dir)
+
+
+def train_in_parallel(cfg: DictConfig, folds: List[int], workers: int, encoder: Any) -> None:
+    """Train the folds `workers` at a time in spawned processes. The feature cache is filled first, here, so
+    the workers only read it. Every fold is a resumable `ser train` run: a fold that fails does not stop the
+    others, and the caller's sequential pass then returns the finished folds' results.json and reruns (so
+    reports) the failed one in this process."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if int(cfg.trainer.devices if str(cfg.trainer.devices).isdigit() else 1) > 1:
+        raise ConfigError("cv.workers > 1 runs one fold per process; it cannot be combined with trainer.devices > 1 (DDP)")
+    if cfg.cache.enabled:
+        from ser_lightning.run.cache import cache_command
+
+        cache_command(cfg, encoder=encoder)
+    pending = [k for k in folds if not (Path(cfg.output_dir) / f"fold_{k}" / "results.json").is_file()]
+    if len(pending) < 2:
+        return
+    workers = min(workers, len(pending))
+    on_gpu = encoder is not None and next(encoder.parameters()).device.type == "cuda"
+    threads = 0 if on_gpu else max(1, (os.cpu_count() or 1) // workers)
+    print(f"[ser cv] folds {pending}: {workers} at a time in worker processes"
+          + ("" if on_gpu else f", {threads} CPU thread(s) each"))  # fmt: skip
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        jobs = {pool.submit(_train_fold_process, fold_config(cfg, k), threads): k for k in pending}
+        for job in as_completed(jobs):
+            k = jobs[job]
+            try:
+                job.result()
+                print(f"[ser cv] fold {k} done (worker process)")
+            except Exception as e:  # noqa: BLE001 - reported, then rerun in this process below
+                print(f"[ser cv] fold {k} failed in its worker process: {type(e).__name__}: {e}")
+
+
 def run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     """Every fold, then the summary. Interrupted (SIGTERM: exit 143, SIGKILL, a crash), the same call skips the
     finished folds, resumes the interrupted one from its last checkpoint and writes the same summary."""
@@ -140,6 +186,9 @@ def _run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     if encoder is None:  # loaded once, shared by every fold
         device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
         encoder = load_encoder(cfg.model.encoder, device=device, dtype=cfg.model.encoder_dtype, seed=cfg.seed)
+    workers = int(cfg.cv.workers)
+    if workers > 1 and len(folds) > 1:
+        train_in_parallel(cfg, folds, workers, encoder)
     results = []
     for k in folds:
         print(f"[ser cv] fold {k} of {folds} -> {out / f'fold_{k}'}")
