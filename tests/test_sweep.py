@@ -137,6 +137,25 @@ def test_paper_experiments_compose():
             assert cfg.optim.lr == pytest.approx(1e-3) and cfg.optim.warmup_ratio == pytest.approx(0.1)
 
 
+def test_ravdess_presets_compose_to_the_runs_they_report():
+    """configs/experiment/ravdess_*.yaml: the configurations chosen on validation speakers (README results)."""
+    expected = {
+        "ravdess_mean": ("mean", [6], "standardize"),
+        "ravdess_attentive": ("attentive", [6], "standardize"),
+        "ravdess_qkv": ("qkv", [6], "standardize"),
+        "ravdess_best": ("qkv", [3, 4, 5, 6], "standardize"),
+    }
+    from ser_lightning.models.module import layer_list
+
+    for name, (pooling, layers, norm) in expected.items():
+        cfg = compose([f"experiment={name}"])
+        assert cfg.experiment == name and cfg.data.name == "ravdess" and cfg.data.num_folds is None
+        assert cfg.model.pooling == pooling and layer_list(cfg.model.layers, cfg.model.layer) == layers
+        assert norm is None or cfg.model.feature_norm == norm
+        assert cfg.model.input_seconds == "10" and cfg.trainer.max_epochs == 10
+        assert (cfg.model.heads, cfg.model.head_dim, cfg.model.proj_dim) == (6, 4, 256)
+
+
 def test_local_command_trial_names_and_refusals(tmp_path):
     config = S.load_sweep_config(ROOT / "sweeps" / "ravdess_pooling_layer.yaml")
     params = {"data": "ravdess", "model.encoder": "openai/whisper-base", "model.pooling": "qkv", "model.layer": 3,
@@ -326,10 +345,16 @@ def test_interrupted_sweep_stops_its_trials_and_resumes_them(tmp_path):
         time.sleep(0.3)
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C to the controller
 
+    # a shell's background job (`make test &`) starts with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: restore the default handler so that Ctrl-C reaches the controller here too
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     thread = threading.Thread(target=interrupt_when_both_run)
     thread.start()
-    rc = S.LocalSweep(config, sweep_dir, workers=2, gpus="none", poll_s=0.05).run()
-    thread.join()
+    try:
+        rc = S.LocalSweep(config, sweep_dir, workers=2, gpus="none", poll_s=0.05).run()
+    finally:
+        thread.join()
+        signal.signal(signal.SIGINT, previous)
     assert rc == 130
     state = json.loads((sweep_dir / S.STATE).read_text())
     assert [t["status"] for t in state["trials"]] == ["interrupted", "interrupted"]

@@ -28,6 +28,9 @@ def _save(fig, path: Path, dpi: int = 110) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    from ser_lightning.utils.io import _UMASK
+
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files: images must be readable like the report itself
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi)
