@@ -184,3 +184,14 @@ def test_a_key_added_to_the_schema_later_is_not_a_difference(tmp_path):
     assert differing_keys([old, new]) == ["model.layer"]
     changed = Run("std", tmp_path, "cv", {}, [], {"model.layer": 4, "model.pooling": "qkv", "model.feature_norm": "standardize"})
     assert differing_keys([old, changed]) == ["model.feature_norm", "model.layer"]
+
+
+def test_the_config_a_run_used_wins_over_its_sweep_parameter(tmp_path):
+    """`ser sweep x.yaml model.encoder=/local/path` overrides the YAML's value: report what ran."""
+    from ser_lightning.run.report import Run, differing_keys
+
+    trial = Run("t", tmp_path, "cv", {}, [], {"model.encoder": "/local/base", "model.layer": 3},
+                {"data": "ravdess", "model.encoder": "openai/whisper-base", "model.layer": 3})  # fmt: skip
+    plain = Run("p", tmp_path, "cv", {}, [], {"model.encoder": "/local/base", "model.layer": 4})
+    assert trial.value("model.encoder") == "/local/base"
+    assert differing_keys([trial, plain]) == ["model.layer"]  # neither the encoder nor the `data` group

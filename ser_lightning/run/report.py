@@ -31,6 +31,9 @@ IGNORED_KEYS = ("output_dir", "wandb.", "cv.", "data.fold", "trainer.enable_prog
 METRICS = (("test/wa", "WA"), ("test/ua", "UA"), ("test/f1_macro", "macro F1"), ("test/f1_weighted", "weighted F1"))
 
 
+GROUP_PARAMS = ("data", "model", "trainer")
+
+
 class ReportError(ValueError):
     pass
 
@@ -44,6 +47,13 @@ class Run:
     folds: List[Dict[str, Any]]
     config: Dict[str, Any] = field(default_factory=dict)  # flattened config of the (first) fold
     params: Dict[str, Any] = field(default_factory=dict)  # sweep parameters, when the run is a sweep trial
+
+    def value(self, key: str, default: Any = None) -> Any:
+        """A configuration value as the run used it: its config.yaml first (overrides given after the sweep's
+        parameters win there), then the sweep parameter (a run without config.yaml)."""
+        if key in self.config:
+            return self.config[key]
+        return self.params.get(key, default)
 
     def stat(self, key: str) -> Tuple[float, float]:
         s = self.summary.get(key) or {}
@@ -148,14 +158,15 @@ def differing_keys(runs: Sequence[Run]) -> List[str]:
     """Configuration keys whose value differs between runs (what the leaderboard shows)."""
     if len(runs) < 2:
         return []
-    keys = sorted({k for r in runs for k in r.config} | {k for r in runs for k in r.params})
+    # group selections (data=ravdess) are not config keys: what they set shows up as data.*, model.*, ...
+    keys = sorted({k for r in runs for k in r.config} | {k for r in runs for k in r.params if k not in GROUP_PARAMS})
     defaults = _schema_defaults()
     out = []
     for k in keys:
         if any(k == p.rstrip(".") or (p.endswith(".") and k.startswith(p)) for p in IGNORED_KEYS):
             continue
         # a key missing from a run's config.yaml was added to the schema after that run: it ran with the default
-        values = {repr(r.params.get(k, r.config.get(k, defaults.get(k)))) for r in runs}
+        values = {repr(r.value(k, defaults.get(k))) for r in runs}
         if len(values) > 1:
             out.append(k)
     return out
@@ -287,7 +298,7 @@ def comparison_sections(doc: Doc, runs: List[Run], failed: List[Dict[str, Any]],
     header = ["rank", "run"] + keys + ["folds", "n test"] + [label for _, label in METRICS] + ["val UA (selection)"]
     rows = []
     for i, r in enumerate(ranked, 1):
-        cells = [r.params.get(k, r.config.get(k, "")) for k in keys]
+        cells = [r.value(k, "") for k in keys]
         val = pct(*r.stat("val/ua_best")) if "val/ua_best" in r.summary else "-"
         rows.append([i, r.name] + cells + [len(r.folds), r.summary.get("n_test")] + [pct(*r.stat(k)) for k, _ in METRICS] + [val])
     doc.table(header, rows)
@@ -304,7 +315,7 @@ def comparison_sections(doc: Doc, runs: List[Run], failed: List[Dict[str, Any]],
         series: Dict[str, List[Dict[str, float]]] = {}
         for r in with_layer:
             label = str(r.summary.get("pooling"))
-            extra = [f"{k.split('.')[-1]}={r.params.get(k, r.config.get(k))}" for k in others]
+            extra = [f"{k.split('.')[-1]}={r.value(k)}" for k in others]
             if extra:
                 label += " (" + ", ".join(extra) + ")"
             wa, wa_std = r.stat("test/wa")
