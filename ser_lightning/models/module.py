@@ -79,9 +79,9 @@ class SERModule(L.LightningModule):
             batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             x, mask = self._features(batch)
             x = x if x.dim() == 4 else x.unsqueeze(1)  # (B, L, T, D)
-            m = mask[:, None, :, None].to(torch.float64)  # (B, 1, T, 1)
-            xd = x.to(torch.float64) * m
-            s1, s2 = xd.sum(dim=(0, 2)), (xd * x.to(torch.float64)).sum(dim=(0, 2))  # (L, D)
+            x64 = x.to(torch.float64)
+            masked = x64 * mask[:, None, :, None].to(torch.float64)  # padded frames -> 0
+            s1, s2 = masked.sum(dim=(0, 2)), (masked * x64).sum(dim=(0, 2))  # (L, D)
             total, sq = (s1, s2) if total is None else (total + s1, sq + s2)
             count += int(mask.sum())
         if not count:

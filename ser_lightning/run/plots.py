@@ -6,8 +6,6 @@ sweep workers) never leave a half-written PNG.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -24,22 +22,18 @@ def _plt():
 
 
 def _save(fig, path: Path, dpi: int = 110) -> Path:
-    plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    from ser_lightning.utils.io import _UMASK
+    import io
 
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files: images must be readable like the report itself
-    os.close(fd)
+    from ser_lightning.utils.io import atomic_write_bytes
+
+    plt = _plt()
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        fig.savefig(buf, format="png", dpi=dpi)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    atomic_write_bytes(path, buf.getvalue())  # temp file + rename, the usual permissions, stale temps cleanable
+    return Path(path)
 
 
 def normalise_rows(cm: Sequence[Sequence[int]]) -> np.ndarray:

@@ -31,9 +31,6 @@ IGNORED_KEYS = ("output_dir", "wandb.", "cv.", "data.fold", "trainer.enable_prog
 METRICS = (("test/wa", "WA"), ("test/ua", "UA"), ("test/f1_macro", "macro F1"), ("test/f1_weighted", "weighted F1"))
 
 
-GROUP_PARAMS = ("data", "model", "trainer")
-
-
 class ReportError(ValueError):
     pass
 
@@ -158,8 +155,11 @@ def differing_keys(runs: Sequence[Run]) -> List[str]:
     """Configuration keys whose value differs between runs (what the leaderboard shows)."""
     if len(runs) < 2:
         return []
+    from ser_lightning.config import GROUPS
+
     # group selections (data=ravdess) are not config keys: what they set shows up as data.*, model.*, ...
-    keys = sorted({k for r in runs for k in r.config} | {k for r in runs for k in r.params if k not in GROUP_PARAMS})
+    # (`experiment` is also a config key, so an experiment's name still shows when it differs)
+    keys = sorted({k for r in runs for k in r.config} | {k for r in runs for k in r.params if k not in GROUPS})
     defaults = _schema_defaults()
     out = []
     for k in keys:
