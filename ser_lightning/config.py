@@ -65,7 +65,7 @@ class ModelConfig:
     layers: Optional[List[int]] = _f(None, "Several blocks to fuse (overrides layer), e.g. [3,4,5,6].")
     fusion: str = _f("weighted", "How `layers` are fused: weighted (learned softmax sum, SUPERB) or conv (Qieemo-style).")
     fusion_layernorm: bool = _f(True, "LayerNorm each fused layer before mixing.")
-    feature_norm: str = _f("none", "none, or standardize: per-channel mean/std of each layer over the training split's frames (computed once per fold from the feature cache, stored in the head), applied before the projector. Whisper's residual stream has outlier channels (whisper-base layers 4-5: one ~40x the median RMS).")
+    feature_norm: str = _f("none", "none; standardize: per-channel mean/std of each layer over the training split's frames (computed once per fold from the feature cache, stored in the head), applied before the projector. Whisper's residual stream has outlier channels (whisper-base layers 4-5: one ~40x the median RMS). speaker: per-speaker standardisation: every clip is normalised with the mean/std of ITS OWN speaker's clips (training, validation and test speakers alike; labels never used). A speaker-adaptive protocol: at inference it needs unlabelled clips of the speaker (`ser predict` normalises over the clips of one call); README 'Speaker normalisation'.")
     input_seconds: str = _f("10", "Encoder input length: seconds to pad each clip to (default '10': probe UA as good as 30 s at every whisper-base layer, 3.5x cheaper), '30' (the paper), or 'clip' (own length, masked; ~10x cheaper than 30, as good except at the last layer).")
     pooling: str = _f("qkv", "Pooling: mean, attentive, qkv, attentive_stats, learned_query.")
     heads: int = _f(6, "Pooling heads (paper: ShEMO 6, IEMOCAP 12).")
@@ -235,7 +235,7 @@ _CHOICES = {
     "data.crop": ("start", "center"),
     "data.subset": ("improvised", "scripted", "all"),
     "model.fusion": ("weighted", "conv"),
-    "model.feature_norm": ("none", "standardize"),
+    "model.feature_norm": ("none", "standardize", "speaker"),
     "cache.dtype": ("fp16", "fp32"),
     "model.encoder_dtype": ("auto", "fp32", "bf16", "fp16"),
     "monitor_mode": ("max", "min"),

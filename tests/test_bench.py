@@ -222,3 +222,26 @@ def test_encode_waves_returns_compact_exact_copies():
             arr = got[k][i]
             assert arr.dtype == np.float32 and arr.shape == (n, enc.output_dim) and arr.flags.owndata
             assert torch.equal(torch.from_numpy(arr), ref.layers[k][i, :n])
+
+
+def test_probe_clip_means_per_speaker_normalisation():
+    """model.feature_norm=speaker in the probe: each clip's frames standardised with its speaker's frame statistics
+    (hand-computed here), so a speaker-wide offset and scale vanish."""
+    rng = np.random.default_rng(3)
+    clips = {f"h{i}": rng.normal(size=(5 + i, 4)) * (1 + i % 2 * 9) + (i % 2) * 50 for i in range(6)}  # 2 speakers
+    speakers = ["a" if i % 2 == 0 else "b" for i in range(6)]
+
+    class Cache:
+        def get(self, h, k):
+            return clips[h] * k  # layer k scales the features
+
+    got = probe.clip_means(Cache(), list(clips), [1, 2], speakers)
+    for k in (1, 2):
+        for s in ("a", "b"):
+            rows = [i for i, sp in enumerate(speakers) if sp == s]
+            frames = np.concatenate([clips[f"h{i}"] * k for i in rows])
+            for i in rows:
+                want = ((clips[f"h{i}"] * k - frames.mean(0)) / frames.std(0)).mean(0)
+                np.testing.assert_allclose(got[k][i], want, rtol=1e-5, atol=1e-5)
+    plain = probe.clip_means(Cache(), list(clips), [1])
+    np.testing.assert_allclose(plain[1][0], clips["h0"].mean(0), rtol=1e-6)

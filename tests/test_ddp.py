@@ -23,13 +23,16 @@ def _shared(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "experiments-cache"
 
 
-def test_ddp_two_processes_count_every_clip_once(tmp_path, tmp_path_factory, ravdess_root, random_encoder):
+@pytest.mark.parametrize("feature_norm", ["none", "speaker"])
+def test_ddp_two_processes_count_every_clip_once(tmp_path, tmp_path_factory, ravdess_root, random_encoder, feature_norm):
+    """feature_norm=speaker: every rank computes all speakers' statistics itself (test-only runs included)."""
     from ser_lightning.run.train import build, train
 
     shared = _shared(tmp_path_factory)
     overrides = [
         "data=ravdess", f"data.root={ravdess_root}", "data.limit_per_class=40", "data.fold=1",
         "model.encoder=random:test", "model.layer=2", "model.pooling=qkv", "model.heads=2", "model.input_seconds=clip",
+        f"model.feature_norm={feature_norm}",
         "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
         "wandb.mode=disabled", f"cache.dir={shared / 'features'}", f"data.table_cache_dir={shared / 'tables'}",
         f"output_dir={tmp_path / 'single'}",

@@ -1,9 +1,13 @@
-"""model.feature_norm=standardize: per-channel statistics of the training split, stored in the head.
+"""model.feature_norm=standardize: per-channel statistics of the training split, stored in the head; and
+model.feature_norm=speaker: every clip standardised with its own speaker's statistics (all of that speaker's clips,
+labels unused), in training, evaluation and `ser predict` (one call = one speaker).
 
 Whisper's residual stream has channels far larger than the rest (whisper-base, layers 4-5: one channel ~40x
 the median RMS; checked below on the real weights), which then dominate the projector's input."""
 
+import itertools
 import json
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -11,12 +15,12 @@ import torch
 
 from ser_lightning.config import ConfigError, compose
 from ser_lightning.models.head import SERHead
-from ser_lightning.models.module import SERModule
+from ser_lightning.models.module import SERModule, masked_stats
 
 
-def _head(feature_norm: str, layers: int = 1, seed: int = 0) -> SERHead:
+def _head(feature_norm: str, layers: int = 1, seed: int = 0, pooling: str = "attentive") -> SERHead:
     torch.manual_seed(seed)
-    return SERHead(12, 3, "attentive", proj_dim=8, heads=2, head_dim=4, dropout=0.0, num_layers=layers,
+    return SERHead(12, 3, pooling, proj_dim=8, heads=2, head_dim=4, dropout=0.0, num_layers=layers,
                    feature_norm=feature_norm).eval()  # fmt: skip
 
 
@@ -90,18 +94,22 @@ def test_whisper_features_have_outlier_channels(base_path, ravdess_root):
         assert rms.max() > 10 * rms.median(), (layer, float(rms.max()), float(rms.median()))
 
 
+def _tiny_train_cfg(ravdess_root, tmp, feature_norm: str, extra):
+    """One epoch of fold 2 on a RAVDESS subset with the random test encoder."""
+    return compose([
+        "data=ravdess", f"data.root={ravdess_root}", "data.fold=2", "model.encoder=random:test", "model.pooling=mean",
+        "model.input_seconds=clip", f"model.feature_norm={feature_norm}", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", "wandb.mode=disabled", f"cache.dir={tmp / 'cache'}",
+        f"data.table_cache_dir={tmp / 'tables'}", f"output_dir={tmp / 'run'}", *extra,
+    ])  # fmt: skip
+
+
 def test_ser_train_standardizes_with_training_speakers_only(tmp_path, ravdess_root):
     from ser_lightning.data.datamodule import SERDataModule
     from ser_lightning.run.export import load_head
     from ser_lightning.run.train import build, train
 
-    cfg = compose([
-        "data=ravdess", f"data.root={ravdess_root}", "data.fold=2", "data.limit_per_class=20",
-        "model.encoder=random:test", "model.layer=2", "model.pooling=mean", "model.input_seconds=clip",
-        "model.feature_norm=standardize", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-        "wandb.mode=disabled", f"cache.dir={tmp_path / 'cache'}", f"data.table_cache_dir={tmp_path / 'tables'}",
-        f"output_dir={tmp_path / 'run'}",
-    ])  # fmt: skip
+    cfg = _tiny_train_cfg(ravdess_root, tmp_path, "standardize", ["data.limit_per_class=20", "model.layer=2"])
     res = train(cfg)
     assert 0.0 <= res["test/ua"] <= 1.0
     head, meta = load_head(tmp_path / "run" / "export")
@@ -118,3 +126,115 @@ def test_ser_train_standardizes_with_training_speakers_only(tmp_path, ravdess_ro
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True, map_location="cpu")
     assert torch.equal(ckpt["state_dict"]["head.feature_mean"], head.feature_mean)
     json.dumps(res)
+
+
+# ---------------------------------------------------------------------------- model.feature_norm=speaker
+@pytest.mark.parametrize("layers", [1, 3])
+def test_speaker_head_equals_a_plain_head_on_per_speaker_standardized_features(layers):
+    plain, spk = _head("none", layers, pooling="qkv"), _head("speaker", layers, pooling="qkv")
+    spk.load_state_dict(plain.state_dict())  # same weights: speaker norm adds no parameters or buffers
+    assert set(spk.state_dict()) == set(plain.state_dict())
+    mean, std = torch.randn(4, layers, 12) * 5, torch.rand(4, layers, 12) * 3 + 0.5  # one row per clip's speaker
+    x = torch.randn(4, layers, 7, 12) * 10 if layers > 1 else torch.randn(4, 7, 12) * 10
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    mask[2, 4:] = False
+    z = (x - mean[:, :, None]) / std[:, :, None] if layers > 1 else (x - mean[:, 0, None]) / std[:, 0, None]
+    assert torch.allclose(spk(x, mask, (mean, std)), plain(z, mask), atol=1e-5)
+    # invariant to padding, like every head
+    padded = torch.cat([x, torch.randn(*x.shape[:-2], 5, 12) * 100], dim=-2)
+    pmask = torch.cat([mask, torch.zeros(4, 5, dtype=torch.bool)], dim=1)
+    assert torch.allclose(spk(padded, pmask, (mean, std)), spk(x, mask, (mean, std)), atol=1e-5)
+    with pytest.raises(ValueError, match="norm_stats"):
+        spk(x, mask)
+    with pytest.raises(ValueError, match="feature_norm='none'"):
+        plain(x, mask, (mean, std))
+
+
+def test_per_speaker_stats_count_each_speakers_real_frames_only():
+    rng = np.random.default_rng(1)
+    clips = [(s, rng.normal(s * 3.0, 1.0 + s, size=(t, 2, 12)).astype(np.float32))  # (T, L, D), speaker s
+             for s, t in [(0, 5), (1, 9), (0, 2), (2, 7), (1, 4), (2, 3)]]
+    batches = []
+    for pair in ((0, 1), (2, 3), (4, 5)):
+        t = max(len(clips[i][1]) for i in pair)
+        feats = torch.full((2, 2, t, 12), 1e4)  # padding that would wreck the statistics if it were counted
+        mask = torch.zeros(2, t, dtype=torch.bool)
+        for j, i in enumerate(pair):
+            feats[j, :, : len(clips[i][1])] = torch.from_numpy(clips[i][1]).transpose(0, 1)
+            mask[j, : len(clips[i][1])] = True
+        batches.append({"features": feats, "mask": mask, "label": torch.zeros(2, dtype=torch.long),
+                        "speaker": torch.tensor([clips[i][0] for i in pair])})  # fmt: skip
+    module = SERModule(_head("speaker", 2, pooling="qkv"), ["a", "b", "c"])
+    mean, std = module.feature_stats(batches, groups=3)
+    assert mean.shape == std.shape == (3, 2, 12)
+    for s in range(3):
+        frames = np.concatenate([c for sp, c in clips if sp == s])  # (sum T, L, D)
+        np.testing.assert_allclose(mean[s].numpy(), frames.mean(0), atol=1e-4)
+        np.testing.assert_allclose(std[s].numpy(), frames.std(0), atol=1e-4)
+    with pytest.raises(ValueError, match=r"speaker index\(es\) \[3\]"):
+        masked_stats(((b["features"], b["mask"], b["speaker"]) for b in batches), groups=4)
+
+
+@pytest.fixture(scope="module")
+def speaker_run(tmp_path_factory, ravdess_root):
+    from ser_lightning.run.train import train
+
+    tmp = tmp_path_factory.mktemp("speaker_norm")
+    cfg = _tiny_train_cfg(ravdess_root, tmp, "speaker", ["data.limit_per_class=12", "model.layers=[1,2]"])
+    return cfg, train(cfg), tmp / "run"
+
+
+def test_training_normalises_every_speaker_with_its_own_clips(speaker_run):
+    from ser_lightning.run.train import build
+
+    cfg, res, _ = speaker_run
+    _, dm, module = build(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    mean, std = module.feature_stats(itertools.chain(*dm.speaker_stats_dataloaders()), groups=len(dm.speaker_ids))
+    ds, cache = dm._table().dataset, dm.open_cache()
+    by_speaker = defaultdict(list)
+    for h, s in zip(ds["sha256"], ds["speaker"]):
+        by_speaker[s].append(torch.stack([torch.tensor(np.asarray(cache.get(h, k)), dtype=torch.float32) for k in (1, 2)]))
+    assert sorted(by_speaker) == dm.speaker_ids
+    test_speakers = set(dm.split.test_speakers)
+    assert test_speakers and test_speakers <= set(by_speaker)  # test speakers get their own statistics
+    for row, s in enumerate(dm.speaker_ids):
+        frames = torch.cat(by_speaker[s], dim=1)  # (L, sum T, D): that speaker's clips only
+        assert torch.allclose(mean[row], frames.mean(1), atol=1e-4), s
+        assert torch.allclose(std[row], frames.std(1, unbiased=False), atol=1e-4), s
+    ckpt = torch.load(speaker_run[2] / "checkpoints" / "best.ckpt", weights_only=True, map_location="cpu")
+    assert not any("speaker" in k for k in ckpt["state_dict"])  # data statistics, not weights
+    assert 0.0 <= res["test/ua"] <= 1.0
+    # results and CV summaries say which protocol produced the numbers
+    from ser_lightning.run.cv import summarize, summary_markdown
+
+    assert res["feature_norm"] == "speaker"
+    summary = summarize([res])
+    assert summary["feature_norm"] == "speaker"
+    assert "SPEAKER-ADAPTIVE" in summary_markdown(summary, [res], "t")
+    assert "SPEAKER-ADAPTIVE" not in summary_markdown({**summary, "feature_norm": "none"}, [res], "t")
+
+
+def test_predict_per_speaker_reproduces_the_trained_models_test_evaluation(speaker_run):
+    """`ser predict`, one call per test speaker, gives exactly the confusion matrix `ser train` tested."""
+    from ser_lightning.run.predict import Predictor
+
+    _, res, run = speaker_run
+    prov = json.loads((run / "provenance.json").read_text())
+    files = [f for f in prov["data_files"] if f["split"] == "test"]
+    predictor = Predictor(run, device="cpu")
+    assert predictor.speaker_norm
+    names = res["class_names"]
+    cm = np.zeros((len(names), len(names)), dtype=int)
+    probs_together = {}
+    for speaker in sorted({f["speaker"] for f in files}):
+        mine = [f for f in files if f["speaker"] == speaker]
+        for f, r in zip(mine, predictor.predict([f["path"] for f in mine])):
+            assert r["error"] is None
+            cm[names.index(f["label"]), names.index(r["label"])] += 1
+            probs_together[f["path"]] = r["probs"]
+    assert cm.tolist() == res["confusion_matrix"]
+    # the statistics are used: one clip alone (its own statistics) is scored differently
+    alone = predictor.predict([files[0]["path"]])[0]["probs"]
+    assert not np.allclose(list(alone.values()), list(probs_together[files[0]["path"]].values()), atol=1e-4)

@@ -144,6 +144,11 @@ def test_ravdess_presets_compose_to_the_runs_they_report():
         "ravdess_attentive": ("attentive", [6], "standardize"),
         "ravdess_qkv": ("qkv", [6], "standardize"),
         "ravdess_best": ("mean", [3, 4, 5, 6], "standardize"),
+        # the speaker-adaptive protocol (model.feature_norm=speaker), chosen the same way
+        "ravdess_speaker_mean": ("mean", [4], "speaker"),
+        "ravdess_speaker_attentive": ("attentive", [4], "speaker"),
+        "ravdess_speaker_qkv": ("qkv", [4], "speaker"),
+        "ravdess_speaker_best": ("mean", [3, 4, 5, 6], "speaker"),
     }
     from ser_lightning.models.module import layer_list
 

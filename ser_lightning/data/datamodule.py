@@ -47,8 +47,10 @@ class CachedFeatures(Dataset):
     """A split's cached features, copied once from the memory-mapped shards into one contiguous fp16 tensor
     per layer (page-faulting the memmap for every item of every epoch is what made epochs slow)."""
 
-    def __init__(self, hashes: Sequence[str], labels: Sequence[int], cache: FeatureCache, layers: Sequence[int]):
+    def __init__(self, hashes: Sequence[str], labels: Sequence[int], cache: FeatureCache, layers: Sequence[int],
+                 speakers: Optional[Sequence[int]] = None):  # fmt: skip
         self.labels, self.layers = list(labels), list(layers)
+        self.speakers = list(speakers) if speakers is not None else [0] * len(self.labels)
         lengths = [int(cache.get(h, self.layers[0]).shape[0]) for h in hashes]
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.store = [
@@ -63,12 +65,14 @@ class CachedFeatures(Dataset):
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         feats = [s[a:b].float() for s in self.store]
         x = feats[0] if len(feats) == 1 else torch.stack(feats)  # (T, D) or (L, T, D)
-        return {"features": x, "label": self.labels[i], "index": i}
+        return {"features": x, "label": self.labels[i], "index": i, "speaker": self.speakers[i]}
 
 
 class AudioClips(Dataset):
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], sample_rate: int, max_seconds: float, crop: str):
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], sample_rate: int, max_seconds: float, crop: str,
+                 speakers: Optional[Sequence[int]] = None):  # fmt: skip
         self.paths, self.labels = list(paths), list(labels)
+        self.speakers = list(speakers) if speakers is not None else [0] * len(self.labels)
         self.sample_rate, self.max_seconds, self.crop = sample_rate, max_seconds, crop
 
     def __len__(self) -> int:
@@ -76,11 +80,15 @@ class AudioClips(Dataset):
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
         wave = load_clip(self.paths[i], self.sample_rate, self.max_seconds, self.crop)
-        return {"wave": wave, "label": self.labels[i], "index": i}
+        return {"wave": wave, "label": self.labels[i], "index": i, "speaker": self.speakers[i]}
+
+
+def _speakers(items: List[Dict[str, Any]]) -> torch.Tensor:
+    return torch.tensor([it.get("speaker", 0) for it in items])
 
 
 def collate_features(items: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
-    """Pad along time; mask (B, T) is True on real frames."""
+    """Pad along time; mask (B, T) is True on real frames; speaker: index into SERDataModule.speaker_ids."""
     lengths = [it["features"].shape[-2] for it in items]
     t_max = max(lengths)
     first = items[0]["features"]
@@ -93,6 +101,7 @@ def collate_features(items: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
         "mask": mask,
         "label": torch.tensor([it["label"] for it in items]),
         "index": torch.tensor([it["index"] for it in items]),
+        "speaker": _speakers(items),
     }
 
 
@@ -111,6 +120,7 @@ class CollateAudio:
             "content_frames": content,
             "label": torch.tensor([it["label"] for it in items]),
             "index": torch.tensor([it["index"] for it in items]),
+            "speaker": _speakers(items),
         }
 
 
@@ -188,6 +198,7 @@ class SERDataModule(L.LightningDataModule):
         self.splits: Dict[str, Any] = {}
         self.cache: Optional[FeatureCache] = None
         self._datasets: Dict[str, Dataset] = {}
+        self._speaker_ids: Optional[List[str]] = None
 
     # ------------------------------------------------------------------ sizes flow from the data
     @property
@@ -208,6 +219,13 @@ class SERDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def speaker_ids(self) -> List[str]:
+        """Every speaker of the corpus table, sorted; batches carry `speaker` = the index in this list."""
+        if self._speaker_ids is None:
+            self._speaker_ids = sorted(set(self._table().dataset["speaker"]))
+        return self._speaker_ids
 
     def open_cache(self) -> FeatureCache:
         if self.cache is None:
@@ -290,11 +308,14 @@ class SERDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _dataset(self, name: str) -> Dataset:
         d = self.splits[name]
+        index = {s: i for i, s in enumerate(self.speaker_ids)}
+        speakers = [index[s] for s in d["speaker"]]
         if self.features.cached:
             if name not in self._datasets:  # built once: every epoch reuses the in-memory features
-                self._datasets[name] = CachedFeatures(d["sha256"], d["label"], self.open_cache(), self.features.layers)
+                self._datasets[name] = CachedFeatures(d["sha256"], d["label"], self.open_cache(), self.features.layers, speakers)
             return self._datasets[name]
-        return AudioClips(d["path"], d["label"], int(self.cfg["sample_rate"]), float(self.cfg["max_seconds"]), self.cfg["crop"])
+        return AudioClips(d["path"], d["label"], int(self.cfg["sample_rate"]), float(self.cfg["max_seconds"]), self.cfg["crop"],
+                          speakers)  # fmt: skip
 
     def _lengths(self, name: str) -> List[int]:
         sr = int(self.cfg["sample_rate"])
@@ -318,6 +339,11 @@ class SERDataModule(L.LightningDataModule):
         """The whole training split in a fixed order, on every DDP rank (feature statistics must not differ
         between ranks); no shuffling. Only training speakers: validation and test clips never contribute."""
         return self._loader("train", False, whole=True)
+
+    def speaker_stats_dataloaders(self) -> List[DataLoader]:
+        """Every split whole, in a fixed order, on every DDP rank: model.feature_norm=speaker normalises each clip
+        with its own speaker's statistics, so test speakers' (unlabelled) clips are read too. Labels are unused."""
+        return [self._loader(name, False, whole=True) for name in ("train", "val", "test") if len(self.splits[name])]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -5,12 +5,16 @@ Sizes come from the encoder (`input_dim`, number of fused layers) and the data (
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from ser_lightning.models.pooling import build_pooling
+
+# none; standardize: one mean/std per layer and channel from the training split (stored in the head);
+# speaker: each speaker's own mean/std over all of that speaker's clips (labels unused), given per batch
+FEATURE_NORMS = ("none", "standardize", "speaker")
 
 
 class WeightedLayerSum(nn.Module):
@@ -95,9 +99,12 @@ class SERHead(nn.Module):
     ) -> None:
         super().__init__()
         self.num_layers = num_layers
-        if feature_norm not in ("none", "standardize"):
-            raise ValueError(f"feature_norm={feature_norm!r}: use none or standardize")
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm={feature_norm!r}: use one of {', '.join(FEATURE_NORMS)}")
+        self.feature_norm = feature_norm
         self.standardize = feature_norm == "standardize"
+        # speaker: statistics of the clip's own speaker, passed in with every batch (`norm_stats`), not stored
+        self.speaker_norm = feature_norm == "speaker"
         if self.standardize:
             # per layer and channel, from the training split (set_feature_stats); saved with the head so that
             # evaluation, export and prediction apply exactly the training normalisation
@@ -127,8 +134,21 @@ class SERHead(nn.Module):
         self.feature_mean.copy_(mean)
         self.feature_std.copy_(std.clamp_min(1e-5))
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """features (B, T, D) or (B, L, T, D); mask (B, T) -> logits (B, C)."""
+    def forward(self, features: torch.Tensor, mask: torch.Tensor,
+                norm_stats: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:  # fmt: skip
+        """features (B, T, D) or (B, L, T, D); mask (B, T) -> logits (B, C).
+        norm_stats (feature_norm='speaker' only): per-clip mean and std of its speaker, (B, L, D) each."""
+        if self.speaker_norm:
+            if norm_stats is None:
+                raise ValueError("this head was trained with feature_norm='speaker': pass norm_stats, the mean and std "
+                                 "(B, L, D) of each clip's speaker (SERModule and `ser predict` compute them)")  # fmt: skip
+            mean, std = norm_stats
+            if features.dim() == 4:
+                features = (features - mean[:, :, None]) / std[:, :, None]  # (B, L, T, D)
+            else:
+                features = (features - mean[:, 0, None]) / std[:, 0, None]  # (B, T, D)
+        elif norm_stats is not None:
+            raise ValueError(f"norm_stats given to a head with feature_norm={self.feature_norm!r}")
         if self.standardize:
             # padded frames become -mean/std, not 0: harmless, every pooling masks them
             if features.dim() == 4:

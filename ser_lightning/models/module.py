@@ -6,6 +6,7 @@ stored in checkpoints (its source and weight fingerprint are stored instead, and
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -58,37 +59,48 @@ class SERModule(L.LightningModule):
         self.test_metrics = base.clone(prefix="test/")
         self.test_confusion = build_confusion(self.class_names)
         self.test_results: Dict[str, Any] = {}
+        # model.feature_norm=speaker: (S, L, D) per speaker, set in setup(); data statistics, not checkpointed
+        self.speaker_mean: Optional[torch.Tensor] = None
+        self.speaker_std: Optional[torch.Tensor] = None
+        self.speaker_ids: List[str] = []
 
     # ------------------------------------------------------------------ feature statistics
     def setup(self, stage: str) -> None:
         # model.feature_norm=standardize: per-channel statistics of the training split, computed when fitting
         # starts (the cache is filled by then); a resumed run or a test-only run loads them from the checkpoint
         if stage == "fit" and getattr(self.head, "standardize", False):
-            dm = getattr(self.trainer, "datamodule", None)
-            if dm is None or not hasattr(dm, "stats_dataloader"):
-                raise RuntimeError("model.feature_norm=standardize needs the SERDataModule (its training split)")
-            self.head.set_feature_stats(*self.feature_stats(dm.stats_dataloader()))
+            self.head.set_feature_stats(*self.feature_stats(self._datamodule("standardize").stats_dataloader()))
+        # model.feature_norm=speaker: every speaker's statistics over its own clips (all splits; labels unused),
+        # computed for any stage (they are data, not weights: never stored in checkpoints)
+        if getattr(self.head, "speaker_norm", False) and self.speaker_mean is None:
+            dm = self._datamodule("speaker")
+            mean, std = self.feature_stats(itertools.chain(*dm.speaker_stats_dataloaders()), groups=len(dm.speaker_ids))
+            self.set_speaker_stats(mean, std, dm.speaker_ids)
+
+    def _datamodule(self, norm: str):
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "stats_dataloader"):
+            raise RuntimeError(f"model.feature_norm={norm} needs the SERDataModule (its splits)")
+        return dm
+
+    def set_speaker_stats(self, mean: torch.Tensor, std: torch.Tensor, speaker_ids: Sequence[str]) -> None:
+        """mean, std: (S, L, D), row s = speaker_ids[s] = the `speaker` index the batches carry."""
+        self.speaker_mean = mean.to(self.device)
+        self.speaker_std = std.clamp_min(1e-5).to(self.device)
+        self.speaker_ids = list(speaker_ids)
 
     @torch.no_grad()
-    def feature_stats(self, loader) -> tuple:
-        """Mean and std per layer and channel over every real (unpadded) frame the loader yields: (L, D) each.
-        Works on cached features and, in live mode, on the encoder's output (one extra encoding pass)."""
-        total = sq = None
-        count = 0
-        for batch in loader:
-            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            x, mask = self._features(batch)
-            x = x if x.dim() == 4 else x.unsqueeze(1)  # (B, L, T, D)
-            x64 = x.to(torch.float64)
-            masked = x64 * mask[:, None, :, None].to(torch.float64)  # padded frames -> 0
-            s1, s2 = masked.sum(dim=(0, 2)), (masked * x64).sum(dim=(0, 2))  # (L, D)
-            total, sq = (s1, s2) if total is None else (total + s1, sq + s2)
-            count += int(mask.sum())
-        if not count:
-            raise ValueError("feature statistics: the training split has no frames")
-        mean = total / count
-        var = (sq / count - mean**2).clamp_min(0.0)
-        return mean.float(), var.sqrt().float()
+    def feature_stats(self, loader, groups: int = 0) -> tuple:
+        """Mean and std per layer and channel over every real (unpadded) frame of the batches the loader yields:
+        (L, D) each; with groups=S, one row per speaker (batch["speaker"]): (S, L, D) each. Works on cached features
+        and, in live mode, on the encoder's output (one extra encoding pass)."""
+
+        def frames():
+            for batch in loader:
+                batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                yield (*self._features(batch), batch["speaker"] if groups else None)
+
+        return masked_stats(frames(), groups)
 
     # ------------------------------------------------------------------ the shared step
     def _features(self, batch: Dict[str, torch.Tensor]):
@@ -106,6 +118,13 @@ class SERModule(L.LightningModule):
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         features, mask = self._features(batch)
+        if getattr(self.head, "speaker_norm", False):
+            if self.speaker_mean is None:
+                raise RuntimeError("model.feature_norm=speaker: speaker statistics were not computed (setup)")
+            if self.speaker_mean.device != features.device:  # computed in setup(), before Lightning moved the module
+                self.speaker_mean, self.speaker_std = self.speaker_mean.to(features.device), self.speaker_std.to(features.device)
+            spk = batch["speaker"].to(features.device)
+            return self.head(features, mask, (self.speaker_mean[spk], self.speaker_std[spk]))  # (B, L, D) each
         return self.head(features, mask)
 
     def model_step(self, batch: Dict[str, torch.Tensor]):
@@ -181,6 +200,34 @@ class SERModule(L.LightningModule):
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.head.parameters())
+
+
+@torch.no_grad()
+def masked_stats(batches, groups: int = 0) -> tuple:
+    """batches: (x (B, T, D) or (B, L, T, D), mask (B, T), group (B,) or None). Mean and std per layer and channel
+    over the real (mask=True) frames: (L, D) each, or with groups=S one row per group: (S, L, D) each."""
+    total = sq = count = None
+    for x, mask, group in batches:
+        x = x if x.dim() == 4 else x.unsqueeze(1)  # (B, L, T, D)
+        x64 = x.to(torch.float64)
+        masked = x64 * mask[:, None, :, None].to(torch.float64)  # padded frames -> 0
+        s1, s2 = masked.sum(dim=2), (masked * x64).sum(dim=2)  # (B, L, D): per clip
+        n = mask.sum(1).to(torch.float64)  # (B,)
+        group = group.long().to(n.device) if groups else torch.zeros(len(n), dtype=torch.long, device=n.device)
+        if total is None:
+            size = (max(groups, 1),) + tuple(s1.shape[1:])
+            total, sq, count = s1.new_zeros(size), s1.new_zeros(size), n.new_zeros(size[0])
+        total.index_add_(0, group, s1)
+        sq.index_add_(0, group, s2)
+        count.index_add_(0, group, n)
+    if count is None or not bool((count > 0).all()):
+        empty = [] if count is None else (count == 0).nonzero().flatten().tolist()
+        raise ValueError(f"feature statistics: {f'speaker index(es) {empty}' if groups else 'the training split'} "
+                         "yielded no frames")  # fmt: skip
+    mean = total / count[:, None, None]
+    var = (sq / count[:, None, None] - mean**2).clamp_min(0.0)
+    mean, std = mean.float(), var.sqrt().float()
+    return (mean, std) if groups else (mean[0], std[0])
 
 
 def layer_list(layers: Optional[List[int]], layer: int) -> List[int]:

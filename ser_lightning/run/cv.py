@@ -74,6 +74,7 @@ def summarize(results: List[Dict[str, Any]], cfg: Optional[DictConfig] = None) -
             "std": "sample standard deviation over folds (ddof=1)",
             "encoder": results[0]["encoder"],
             "pooling": results[0]["pooling"],
+            "feature_norm": results[0].get("feature_norm", "none"),
             "layers": results[0]["layers"],
             "corpus": results[0].get("corpus"),
             "config_hash": results[0]["config_hash"],
@@ -90,10 +91,14 @@ def pct(stat: Dict[str, Any]) -> str:
 def summary_markdown(summary: Dict[str, Any], results: List[Dict[str, Any]], title: str) -> str:
     enc = summary["encoder"]
     layers = ",".join(map(str, summary["layers"]))
+    protocol = "speaker-independent"
+    if summary.get("feature_norm") == "speaker":
+        protocol = ("speaker-independent folds, SPEAKER-ADAPTIVE features: model.feature_norm=speaker normalised every "
+                    "clip with its own speaker's statistics, test speakers' unlabelled clips included")  # fmt: skip
     lines = [
         f"# {title}",
         "",
-        f"Corpus {summary['corpus']}, folds {summary['folds']} (speaker-independent; checkpoint chosen on validation "
+        f"Corpus {summary['corpus']}, folds {summary['folds']} ({protocol}; checkpoint chosen on validation "
         f"speakers drawn from the training speakers), encoder `{enc['source']}` layer(s) {layers}, "
         f"input {enc['input_seconds']}, pooling {summary['pooling']}. Mean ± std (ddof=1) over folds, percent.",
         "",

@@ -14,6 +14,8 @@ to the feature-cache dtype, the head. Clips longer than the run's data.max_secon
 into consecutive windows of that length: every window is predicted, and the clip's probabilities are the
 mean of its windows' (a tail shorter than data.min_seconds is dropped). A file that cannot be used is
 reported with its error and the others are still predicted; the exit status is then 1.
+A head trained with model.feature_norm=speaker normalises every clip with its speaker's statistics: one call's
+clips are taken as one speaker (run one call per speaker, with several clips each).
 """
 
 from __future__ import annotations
@@ -141,6 +143,8 @@ class Predictor:
         self.min_seconds = float(data.get("min_seconds", 0.1))
         self.feature_dtype = self.meta.get("feature_dtype")
         self.batch_size = int(batch_size)
+        # model.feature_norm=speaker: the clips of one predict() call are one speaker, normalised together
+        self.speaker_norm = bool(getattr(self.head, "speaker_norm", False))
         self.head.to(self.device)
 
     def _features(self, waves: List[np.ndarray]) -> List[Any]:
@@ -161,24 +165,36 @@ class Predictor:
         return out
 
     def _probabilities(self, waves: List[np.ndarray]) -> np.ndarray:
-        """(N, C) class probabilities of N windows, batched by length like evaluation in training."""
+        """(N, C) class probabilities of N windows, batched by length like evaluation in training. A head trained
+        with model.feature_norm=speaker is given the statistics of ALL N windows (one speaker)."""
         import torch
 
         from ser_lightning.data.datamodule import collate_features
+        from ser_lightning.models.module import masked_stats
 
         order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
-        probs = np.zeros((len(waves), len(self.class_names)), dtype=np.float64)
+        batches = []
         for s in range(0, len(order), self.batch_size):
             idx = order[s : s + self.batch_size]
             feats = self._features([waves[i] for i in idx])
-            batch = collate_features([{"features": f, "label": 0, "index": j} for j, f in zip(idx, feats)])
+            batches.append((idx, collate_features([{"features": f, "label": 0, "index": j} for j, f in zip(idx, feats)])))
+        stats = None
+        if self.speaker_norm:
+            mean, std = masked_stats(((b["features"], b["mask"], None) for _, b in batches))  # (L, D) each
+            stats = (mean.to(self.device), std.clamp_min(1e-5).to(self.device))
+        probs = np.zeros((len(waves), len(self.class_names)), dtype=np.float64)
+        for idx, batch in batches:
+            norm = None if stats is None else tuple(t.expand(len(idx), *t.shape) for t in stats)  # (B, L, D) each
             with torch.no_grad():
-                logits = self.head(batch["features"].to(self.device), batch["mask"].to(self.device))
+                logits = self.head(batch["features"].to(self.device), batch["mask"].to(self.device), norm)
             probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return probs
 
     def predict(self, inputs: Iterable[Tuple[str, Optional[str]] | str], chunk: int = 64) -> List[Dict[str, Any]]:
-        """One record per input: path, label, probs (class -> p), duration, windows, error."""
+        """One record per input: path, label, probs (class -> p), duration, windows, error. A speaker-normalised
+        head (model.feature_norm=speaker) predicts all inputs in one pass: they are taken as ONE speaker."""
+        if self.speaker_norm:
+            chunk = sys.maxsize
         from ser_lightning.data.audio import BadAudioError, decode
 
         items = [(str(x), None) if isinstance(x, (str, Path)) else x for x in inputs]
@@ -280,6 +296,11 @@ def add_subcommand(sub: argparse._SubParsersAction):
             text = to_csv(records, predictor.class_names) if args.out.lower().endswith(".csv") else to_jsonl(records)
             atomic_write_text(args.out, text)
         failed = sum(1 for r in records if r["error"])
+        if predictor.speaker_norm:
+            n = len(records) - failed
+            print(f"[ser predict] this head normalises per speaker (model.feature_norm=speaker): the {n} clip(s) of this "
+                  "call were normalised together as ONE speaker" + (" -- fewer than 10 clips give noisy statistics"
+                  if n < 10 else ""), file=sys.stderr)  # fmt: skip
         print(f"[ser predict] {len(records) - failed} predicted, {failed} failed"
               + (f" -> {args.out}" if args.out else ""), file=sys.stderr)  # fmt: skip
         return 1 if failed else 0

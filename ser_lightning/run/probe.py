@@ -8,7 +8,8 @@ holds exactly the frames of the clip's own audio, so this is the masked mean) ->
 training speakers, logistic regression for each C in `--C`, C chosen by UA on the validation speakers (drawn
 from the training speakers exactly as `ser train` draws them; never the test fold), test UA / WA of that model
 on the held-out fold. Reports mean ± std (ddof=1) over the folds, and per layer the cheapest policy within
-`--tolerance` UA points of the reference policy (default 30 s). Features come from the FeatureCache through
+`--tolerance` UA points of the reference policy (default 30 s). `model.feature_norm=speaker` standardises each
+clip's frames with its own speaker's statistics first (the speaker-adaptive protocol of the head's option). Features come from the FeatureCache through
 SERDataModule (the same cache `ser cache` / `ser cv` fill): missing clips are encoded first unless --no-fill.
 Writes output_dir/probe.json and probe.md; `--write FILE` also appends the table to FILE.
 """
@@ -27,11 +28,21 @@ import numpy as np
 DEFAULT_C = (0.001, 0.01, 0.1, 1.0)
 
 
-def clip_means(cache: Any, hashes: Sequence[str], layers: Sequence[int]) -> Dict[int, np.ndarray]:
-    """layer -> (N, D) float32: the mean over each clip's cached frames (its own audio only)."""
+def clip_means(cache: Any, hashes: Sequence[str], layers: Sequence[int],
+               speakers: Optional[Sequence[str]] = None) -> Dict[int, np.ndarray]:  # fmt: skip
+    """layer -> (N, D) float32: the mean over each clip's cached frames (its own audio only). With `speakers`
+    (model.feature_norm=speaker): frames standardised first with the mean / std over all frames of the clip's
+    speaker, as the head does; the mean of standardised frames is (clip mean - speaker mean) / speaker std."""
     out = {}
     for k in layers:
-        out[k] = np.stack([np.asarray(cache.get(h, k), dtype=np.float32).mean(0) for h in hashes])
+        clips = [np.asarray(cache.get(h, k), dtype=np.float64) for h in hashes]
+        means = np.stack([c.mean(0) for c in clips])
+        if speakers is not None:
+            spk = np.asarray(speakers)
+            for s in np.unique(spk):
+                frames = np.concatenate([clips[i] for i in np.flatnonzero(spk == s)])
+                means[spk == s] = (means[spk == s] - frames.mean(0)) / np.maximum(frames.std(0), 1e-5)
+        out[k] = means.astype(np.float32)
     return out
 
 
@@ -94,9 +105,11 @@ def run_probe(cfg: Any, policies: Sequence[str], c_grid: Sequence[float] = DEFAU
         device = "cuda" if torch.cuda.is_available() else "cpu"
         encoder = load_encoder(cfg.model.encoder, device=device, dtype=cfg.model.encoder_dtype, seed=cfg.seed)
     layers = encoder.resolve_layers(layer_list(cfg.model.layers, cfg.model.layer))
+    speaker_norm = cfg.model.feature_norm == "speaker"
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     results: Dict[str, Any] = {"encoder": encoder.source, "fingerprint": encoder.fingerprint, "layers": layers,
-                               "C_grid": list(c_grid), "policies": {}, "seed": cfg.seed}  # fmt: skip
+                               "C_grid": list(c_grid), "policies": {}, "seed": cfg.seed,
+                               "feature_norm": "speaker" if speaker_norm else "standardize"}  # fmt: skip
     table = None
     splits = None
     for name in policies:
@@ -132,7 +145,7 @@ def run_probe(cfg: Any, policies: Sequence[str], c_grid: Sequence[float] = DEFAU
             dm.fill(dict(zip(hashes, ds["path"])), dict(zip(hashes, ds["duration"])))
             cache.refresh()
         start = time.perf_counter()
-        means = clip_means(cache, hashes, layers)
+        means = clip_means(cache, hashes, layers, speakers if speaker_norm else None)
         per_layer = {}
         for k in layers:
             # one BLAS / OpenMP thread: these fits are tiny, and on a busy machine the default thread pools
@@ -201,9 +214,11 @@ def format_probe(results: Dict[str, Any], throughput: Optional[Dict[str, float]]
     layers = results["layers"]
     pols = results["policies"]
     head = "| policy | mean input (s) | " + " | ".join(f"L{k} UA" for k in layers)
+    norm = ("frames standardised per SPEAKER (model.feature_norm=speaker; speaker-adaptive)"
+            if results.get("feature_norm") == "speaker" else "standardised")  # fmt: skip
     head += " | clips/s |" if throughput else " |"
     lines = [
-        f"Linear probe (masked mean of one layer, standardised, logistic regression, C in {results['C_grid']} chosen on "
+        f"Linear probe (masked mean of one layer, {norm}, logistic regression, C in {results['C_grid']} chosen on "
         f"validation speakers), `{results['encoder']}` on {results['corpus']}, folds {results['folds']}: test UA "
         "mean ± std (ddof=1) over folds, percent.",
         "",

@@ -236,6 +236,7 @@ def _train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
             "layer": module.encoder_info["layers"][0] if len(module.encoder_info["layers"]) == 1 else None,
             "layers": module.encoder_info["layers"],
             "pooling": cfg.model.pooling,
+            "feature_norm": cfg.model.feature_norm,
             "best_checkpoint": os.path.relpath(best, out) if best else None,
             "best_val": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
             "monitor": cfg.monitor,
