@@ -235,6 +235,15 @@ def test_predict_per_speaker_reproduces_the_trained_models_test_evaluation(speak
             cm[names.index(f["label"]), names.index(r["label"])] += 1
             probs_together[f["path"]] = r["probs"]
     assert cm.tolist() == res["confusion_matrix"]
+    # one call for every test speaker: a manifest's speaker column groups the clips (the CLI's path)
+    from ser_lightning.run.predict import predict_files
+
+    manifest = run.parent / "test_clips.csv"
+    manifest.write_text("path,speaker\n" + "".join(f"{f['path']},{f['speaker']}\n" for f in files))
+    grouped = predict_files(run, [str(manifest)], allow_outside_root=True, device="cpu")
+    assert [r["speaker"] for r in grouped] == [f["speaker"] for f in files]
+    for f, r in zip(files, grouped):
+        np.testing.assert_allclose(list(r["probs"].values()), list(probs_together[f["path"]].values()), atol=1e-6)
     # the statistics are used: one clip alone (its own statistics) is scored differently
     alone = predictor.predict([files[0]["path"]])[0]["probs"]
     assert not np.allclose(list(alone.values()), list(probs_together[files[0]["path"]].values()), atol=1e-4)

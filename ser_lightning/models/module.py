@@ -59,19 +59,33 @@ class SERModule(L.LightningModule):
         self.test_metrics = base.clone(prefix="test/")
         self.test_confusion = build_confusion(self.class_names)
         self.test_results: Dict[str, Any] = {}
-        # model.feature_norm=speaker: (S, L, D) per speaker, set in setup(); data statistics, not checkpointed
+        # model.feature_norm=speaker: (S, L, D) per speaker, set when a stage starts; data statistics, not checkpointed
         self.speaker_mean: Optional[torch.Tensor] = None
         self.speaker_std: Optional[torch.Tensor] = None
         self.speaker_ids: List[str] = []
 
     # ------------------------------------------------------------------ feature statistics
-    def setup(self, stage: str) -> None:
-        # model.feature_norm=standardize: per-channel statistics of the training split, computed when fitting
-        # starts (the cache is filled by then); a resumed run or a test-only run loads them from the checkpoint
-        if stage == "fit" and getattr(self.head, "standardize", False):
+    # Computed in the *_start hooks, not in setup(): those run after Lightning has placed the module on its
+    # device, so in live mode the encoder pass that feeds the statistics runs on the GPU, not the CPU.
+    def on_fit_start(self) -> None:
+        # model.feature_norm=standardize: per-channel statistics of the training split (the cache is filled by
+        # now); stored in the head, so test-only runs and exports read them from the checkpoint
+        if getattr(self.head, "standardize", False):
             self.head.set_feature_stats(*self.feature_stats(self._datamodule("standardize").stats_dataloader()))
+        self._ensure_speaker_stats()
+
+    def on_validation_start(self) -> None:
+        self._ensure_speaker_stats()
+
+    def on_test_start(self) -> None:
+        self._ensure_speaker_stats()
+
+    def on_predict_start(self) -> None:
+        self._ensure_speaker_stats()
+
+    def _ensure_speaker_stats(self) -> None:
         # model.feature_norm=speaker: every speaker's statistics over its own clips (all splits; labels unused),
-        # computed for any stage (they are data, not weights: never stored in checkpoints)
+        # for whichever stage runs first (they are data, not weights: never stored in checkpoints)
         if getattr(self.head, "speaker_norm", False) and self.speaker_mean is None:
             dm = self._datamodule("speaker")
             mean, std = self.feature_stats(itertools.chain(*dm.speaker_stats_dataloaders()), groups=len(dm.speaker_ids))
@@ -121,7 +135,7 @@ class SERModule(L.LightningModule):
         if getattr(self.head, "speaker_norm", False):
             if self.speaker_mean is None:
                 raise RuntimeError("model.feature_norm=speaker: speaker statistics were not computed (setup)")
-            if self.speaker_mean.device != features.device:  # computed in setup(), before Lightning moved the module
+            if self.speaker_mean.device != features.device:  # the module was moved after they were computed
                 self.speaker_mean, self.speaker_std = self.speaker_mean.to(features.device), self.speaker_std.to(features.device)
             spk = batch["speaker"].to(features.device)
             return self.head(features, mask, (self.speaker_mean[spk], self.speaker_std[spk]))  # (B, L, D) each

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -127,9 +129,18 @@ def _train_fold_process(cfg: DictConfig, threads: int) -> str:
 
     from ser_lightning.run.train import train
 
+    from ser_lightning.run.callbacks import SIGTERM_EXIT, Terminated
+
     if threads > 0:
         torch.set_num_threads(threads)
-    train(cfg)
+    try:
+        train(cfg)
+    except Terminated:
+        # SIGTERM: the fold stopped at its last epoch-end checkpoint. Leave the pool now: returning would let this
+        # worker take the next queued fold.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(SIGTERM_EXIT)
     return str(cfg.output_dir)
 
 
@@ -139,7 +150,6 @@ def train_in_parallel(cfg: DictConfig, folds: List[int], workers: int, encoder: 
     others, and the caller's sequential pass then returns the finished folds' results.json and reruns (so
     reports) the failed one in this process."""
     import multiprocessing as mp
-    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     if int(cfg.trainer.devices if str(cfg.trainer.devices).isdigit() else 1) > 1:
@@ -156,7 +166,8 @@ def train_in_parallel(cfg: DictConfig, folds: List[int], workers: int, encoder: 
     threads = 0 if on_gpu else max(1, (os.cpu_count() or 1) // workers)
     print(f"[ser cv] folds {pending}: {workers} at a time in worker processes"
           + ("" if on_gpu else f", {threads} CPU thread(s) each"))  # fmt: skip
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    try:
         jobs = {pool.submit(_train_fold_process, fold_config(cfg, k), threads): k for k in pending}
         for job in as_completed(jobs):
             k = jobs[job]
@@ -165,6 +176,27 @@ def train_in_parallel(cfg: DictConfig, folds: List[int], workers: int, encoder: 
                 print(f"[ser cv] fold {k} done (worker process)")
             except Exception as e:  # noqa: BLE001 - reported, then rerun in this process below
                 print(f"[ser cv] fold {k} failed in its worker process: {type(e).__name__}: {e}")
+    except BaseException:
+        # SIGTERM (Terminated), Ctrl-C or a crash here: stop the workers too, at once. A plain `with pool:` would
+        # wait for the running folds AND start the queued ones. Each worker's own SIGTERM handling stops its fold
+        # at the last epoch-end checkpoint, so the same command resumes every fold.
+        stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def stop_workers(pool: Any, grace_s: float = 60.0) -> None:
+    """SIGTERM every live worker process of a ProcessPoolExecutor, drop its queued jobs, wait for the workers
+    (SIGKILL after `grace_s`)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # private, but the only handle there is
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(grace_s)
+        if proc.is_alive():
+            proc.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:

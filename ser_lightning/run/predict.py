@@ -14,8 +14,8 @@ to the feature-cache dtype, the head. Clips longer than the run's data.max_secon
 into consecutive windows of that length: every window is predicted, and the clip's probabilities are the
 mean of its windows' (a tail shorter than data.min_seconds is dropped). A file that cannot be used is
 reported with its error and the others are still predicted; the exit status is then 1.
-A head trained with model.feature_norm=speaker normalises every clip with its speaker's statistics: one call's
-clips are taken as one speaker (run one call per speaker, with several clips each).
+A head trained with model.feature_norm=speaker normalises every clip with its speaker's statistics: clips are
+grouped by a manifest's `speaker` column; the clips it does not name are taken as one speaker.
 """
 
 from __future__ import annotations
@@ -58,8 +58,10 @@ def _manifest_rows(path: Path) -> List[Tuple[int, Dict[str, Any]]]:
         return [(reader.line_num, dict(row)) for row in reader]
 
 
-def expand_inputs(items: Sequence[str], allow_outside_root: bool = False) -> List[Tuple[str, Optional[str]]]:
-    """(path, error) for every clip named by files, folders and manifests, in the order given."""
+def expand_inputs(items: Sequence[str], allow_outside_root: bool = False,
+                  speakers: Optional[Dict[str, str]] = None) -> List[Tuple[str, Optional[str]]]:  # fmt: skip
+    """(path, error) for every clip named by files, folders and manifests, in the order given. `speakers`, when
+    given, receives path -> speaker for manifest rows with a non-empty `speaker` column."""
     from ser_lightning.data.corpora.manifest import resolve_path
 
     out: List[Tuple[str, Optional[str]]] = []
@@ -84,6 +86,8 @@ def expand_inputs(items: Sequence[str], allow_outside_root: bool = False) -> Lis
                     continue
                 try:
                     out.append((resolve_path(value, base, allow_outside_root, where), None))
+                    if speakers is not None and str(row.get("speaker") or "").strip():
+                        speakers[out[-1][0]] = str(row["speaker"]).strip()
                 except ValueError:
                     out.append((value, f"{where}: '{value}' is outside the manifest's folder {base} "
                                        "(pass --allow-outside-root to allow it)"))  # fmt: skip
@@ -190,14 +194,27 @@ class Predictor:
             probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return probs
 
-    def predict(self, inputs: Iterable[Tuple[str, Optional[str]] | str], chunk: int = 64) -> List[Dict[str, Any]]:
+    def predict(self, inputs: Iterable[Tuple[str, Optional[str]] | str], chunk: int = 64,
+                speakers: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:  # fmt: skip
         """One record per input: path, label, probs (class -> p), duration, windows, error. A speaker-normalised
-        head (model.feature_norm=speaker) predicts all inputs in one pass: they are taken as ONE speaker."""
-        if self.speaker_norm:
-            chunk = sys.maxsize
+        head (model.feature_norm=speaker) normalises each speaker's inputs together: `speakers` maps path ->
+        speaker (e.g. a manifest's speaker column); inputs it does not name form one more speaker. Their records
+        carry `speaker` (None for that remainder)."""
+        items = [(str(x), None) if isinstance(x, (str, Path)) else x for x in inputs]
+        if not self.speaker_norm:
+            return self._predict_items(items, chunk)
+        groups: Dict[Optional[str], List[int]] = {}
+        for i, (path, _) in enumerate(items):
+            groups.setdefault((speakers or {}).get(path), []).append(i)
+        records: List[Dict[str, Any]] = [{} for _ in items]
+        for speaker, idx in groups.items():  # one pass per speaker: its statistics need all of its clips
+            for i, rec in zip(idx, self._predict_items([items[i] for i in idx], sys.maxsize)):
+                records[i] = {**rec, "speaker": speaker}
+        return records
+
+    def _predict_items(self, items: List[Tuple[str, Optional[str]]], chunk: int) -> List[Dict[str, Any]]:
         from ser_lightning.data.audio import BadAudioError, decode
 
-        items = [(str(x), None) if isinstance(x, (str, Path)) else x for x in inputs]
         records: List[Dict[str, Any]] = []
         pending: List[Tuple[Dict[str, Any], List[np.ndarray], List[Tuple[int, int]]]] = []
 
@@ -242,7 +259,9 @@ class Predictor:
 
 def predict_files(run: Path | str, inputs: Sequence[str], encoder: Optional[str] = None,
                   allow_outside_root: bool = False, **kwargs: Any) -> List[Dict[str, Any]]:  # fmt: skip
-    return Predictor(run, encoder=encoder, **kwargs).predict(expand_inputs(inputs, allow_outside_root))
+    speakers: Dict[str, str] = {}
+    paths = expand_inputs(inputs, allow_outside_root, speakers)
+    return Predictor(run, encoder=encoder, **kwargs).predict(paths, speakers=speakers)
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -285,7 +304,8 @@ def add_subcommand(sub: argparse._SubParsersAction):
         except EncoderFingerprintError as e:
             print(f"ser predict: error: {e}", file=sys.stderr)
             return 1
-        records = predictor.predict(expand_inputs(args.audio, args.allow_outside_root))
+        speakers: Dict[str, str] = {}
+        records = predictor.predict(expand_inputs(args.audio, args.allow_outside_root, speakers), speakers=speakers)
         for r in records:
             if r["error"]:
                 print(f"{r['path']}\tERROR\t{r['error']}")
@@ -297,10 +317,14 @@ def add_subcommand(sub: argparse._SubParsersAction):
             atomic_write_text(args.out, text)
         failed = sum(1 for r in records if r["error"])
         if predictor.speaker_norm:
-            n = len(records) - failed
-            print(f"[ser predict] this head normalises per speaker (model.feature_norm=speaker): the {n} clip(s) of this "
-                  "call were normalised together as ONE speaker" + (" -- fewer than 10 clips give noisy statistics"
-                  if n < 10 else ""), file=sys.stderr)  # fmt: skip
+            counts: Dict[Optional[str], int] = {}
+            for r in records:
+                if not r["error"]:
+                    counts[r["speaker"]] = counts.get(r["speaker"], 0) + 1
+            for speaker, n in counts.items():
+                who = f"speaker {speaker}" if speaker is not None else "the clips without a manifest speaker (ONE speaker)"
+                print(f"[ser predict] model.feature_norm=speaker: {who}: {n} clip(s) normalised together"
+                      + (" -- fewer than 10 clips give noisy statistics" if n < 10 else ""), file=sys.stderr)  # fmt: skip
         print(f"[ser predict] {len(records) - failed} predicted, {failed} failed"
               + (f" -> {args.out}" if args.out else ""), file=sys.stderr)  # fmt: skip
         return 1 if failed else 0
