@@ -140,9 +140,9 @@ def test_paper_experiments_compose():
 def test_ravdess_presets_compose_to_the_runs_they_report():
     """configs/experiment/ravdess_*.yaml: the configurations chosen on validation speakers (README results)."""
     expected = {
-        "ravdess_mean": ("mean", [6], "standardize"),
-        "ravdess_attentive": ("attentive", [6], "standardize"),
-        "ravdess_qkv": ("qkv", [6], "standardize"),
+        "ravdess_mean": ("mean", [4], "standardize"),
+        "ravdess_attentive": ("attentive", [3], "standardize"),
+        "ravdess_qkv": ("qkv", [3], "standardize"),
         "ravdess_best": ("mean", [3, 4, 5, 6], "standardize"),
         # the speaker-adaptive protocol (model.feature_norm=speaker), chosen the same way
         "ravdess_speaker_mean": ("mean", [4], "speaker"),
