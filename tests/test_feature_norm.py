@@ -244,6 +244,13 @@ def test_predict_per_speaker_reproduces_the_trained_models_test_evaluation(speak
     assert [r["speaker"] for r in grouped] == [f["speaker"] for f in files]
     for f, r in zip(files, grouped):
         np.testing.assert_allclose(list(r["probs"].values()), list(probs_together[f["path"]].values()), atol=1e-6)
+    import csv
+    import io
+
+    from ser_lightning.run.predict import to_csv
+
+    rows = list(csv.DictReader(io.StringIO(to_csv(grouped, names))))
+    assert [(r["path"], r["speaker"]) for r in rows] == [(f["path"], f["speaker"]) for f in files]
     # the statistics are used: one clip alone (its own statistics) is scored differently
     alone = predictor.predict([files[0]["path"]])[0]["probs"]
     assert not np.allclose(list(alone.values()), list(probs_together[files[0]["path"]].values()), atol=1e-4)

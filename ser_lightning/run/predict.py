@@ -271,17 +271,21 @@ def to_jsonl(records: Sequence[Dict[str, Any]]) -> str:
 
 def to_csv(records: Sequence[Dict[str, Any]], class_names: Sequence[str]) -> str:
     """One row per file (window = "all": the clip's mean over windows) plus one per window of multi-window
-    clips (window = 0, 1, ...)."""
+    clips (window = 0, 1, ...). Records of a speaker-normalised head add a `speaker` column."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "window", "start", "end", "label", "error", *[f"prob_{c}" for c in class_names]])
+    with_speaker = any("speaker" in r for r in records)
+    spk = (lambda r: [r.get("speaker") or ""]) if with_speaker else (lambda r: [])
+    w.writerow(["path", *(["speaker"] if with_speaker else []), "window", "start", "end", "label", "error",
+                *[f"prob_{c}" for c in class_names]])  # fmt: skip
     for r in records:
         probs = r.get("probs") or {}
-        w.writerow([r["path"], "all", 0.0 if r.get("duration") is not None else "", r.get("duration") or "",
+        w.writerow([r["path"], *spk(r), "all", 0.0 if r.get("duration") is not None else "", r.get("duration") or "",
                     r.get("label") or "", r.get("error") or "", *[probs.get(c, "") for c in class_names]])  # fmt: skip
         if len(r.get("windows") or []) > 1:
             for k, win in enumerate(r["windows"]):
-                w.writerow([r["path"], k, win["start"], win["end"], win["label"], "", *[win["probs"][c] for c in class_names]])
+                w.writerow([r["path"], *spk(r), k, win["start"], win["end"], win["label"], "",
+                            *[win["probs"][c] for c in class_names]])  # fmt: skip
     return buf.getvalue()
 
 
