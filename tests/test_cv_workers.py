@@ -1,11 +1,16 @@
 """`cv.workers`: folds trained in parallel worker processes give exactly the sequential results."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from ser_lightning.config import ConfigError, compose
 from ser_lightning.run.cv import run_cv
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+import fault_helpers as fh  # noqa: E402
 
 
 def _cfg(tmp, ravdess_root, out, *extra):
@@ -40,21 +45,16 @@ def test_workers_and_ddp_do_not_mix(tmp_path, ravdess_root):
 def test_sigterm_stops_parallel_folds_at_once_and_the_same_command_resumes(tmp_path, ravdess_root):
     """SIGTERM to `ser cv` (what kill, Slurm and Kubernetes send to the main process): exit 143 promptly, no
     worker left running, the queued fold never started; the same command then finishes every fold."""
-    import os
     import signal
     import subprocess
-    import sys
     import time
-    from pathlib import Path
 
     args = ["cv", "data=ravdess", f"data.root={ravdess_root}", "data.limit_per_class=30", "cv.folds=[1,2,3]",
             "cv.workers=2", "model.encoder=random:test", "model.layer=2", "model.pooling=mean",
             "model.input_seconds=clip", "trainer.max_epochs=8", "trainer.enable_progress_bar=false",
             "wandb.mode=disabled", f"cache.dir={tmp_path / 'cache'}", f"data.table_cache_dir={tmp_path / 'tables'}",
             f"output_dir={tmp_path / 'cv'}"]  # fmt: skip
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-m", "ser_lightning.cli", *args], cwd=root, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "ser_lightning.cli", *args], cwd=fh.ROOT, env=fh.ser_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     first_epoch = tmp_path / "cv" / "fold_1" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
@@ -68,6 +68,7 @@ def test_sigterm_stops_parallel_folds_at_once_and_the_same_command_resumes(tmp_p
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out[-3000:]
     assert time.time() - sent < 60, "not stopped at once"
+
     def running(pid: int):
         try:
             status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
@@ -78,13 +79,12 @@ def test_sigterm_stops_parallel_folds_at_once_and_the_same_command_resumes(tmp_p
         return None if state[:1] in ("Z", "X") else f"{status.get('Name', '').strip()} {state}"
 
     time.sleep(2)  # exits in progress finish
-    alive = {pid: running(pid) for pid in map(int, children) if running(pid)}
+    alive = {pid: state for pid, state in ((int(p), running(int(p))) for p in children) if state}
     assert not alive, alive  # every worker (and multiprocessing's resource tracker) has exited
     assert not (tmp_path / "cv" / "fold_3" / "checkpoints").exists(), "the queued fold was started"
     assert not (tmp_path / "cv" / "summary.json").exists()
     # the same command resumes and finishes all three folds
-    done = subprocess.run([sys.executable, "-m", "ser_lightning.cli", *args], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = fh.run_ser(args, timeout=900)
+    assert done.returncode == 0, fh.describe(done)
     summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
     assert summary["folds"] == [1, 2, 3]

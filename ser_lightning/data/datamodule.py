@@ -308,14 +308,17 @@ class SERDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _dataset(self, name: str) -> Dataset:
         d = self.splits[name]
-        index = {s: i for i, s in enumerate(self.speaker_ids)}
-        speakers = [index[s] for s in d["speaker"]]
         if self.features.cached:
             if name not in self._datasets:  # built once: every epoch reuses the in-memory features
-                self._datasets[name] = CachedFeatures(d["sha256"], d["label"], self.open_cache(), self.features.layers, speakers)
+                self._datasets[name] = CachedFeatures(d["sha256"], d["label"], self.open_cache(), self.features.layers,
+                                                      self._speaker_indices(d))  # fmt: skip
             return self._datasets[name]
         return AudioClips(d["path"], d["label"], int(self.cfg["sample_rate"]), float(self.cfg["max_seconds"]), self.cfg["crop"],
-                          speakers)  # fmt: skip
+                          self._speaker_indices(d))  # fmt: skip
+
+    def _speaker_indices(self, split: Any) -> List[int]:
+        index = {s: i for i, s in enumerate(self.speaker_ids)}
+        return [index[s] for s in split["speaker"]]
 
     def _lengths(self, name: str) -> List[int]:
         sr = int(self.cfg["sample_rate"])

@@ -62,7 +62,6 @@ class SERModule(L.LightningModule):
         # model.feature_norm=speaker: (S, L, D) per speaker, set when a stage starts; data statistics, not checkpointed
         self.speaker_mean: Optional[torch.Tensor] = None
         self.speaker_std: Optional[torch.Tensor] = None
-        self.speaker_ids: List[str] = []
 
     # ------------------------------------------------------------------ feature statistics
     # Computed in the *_start hooks, not in setup(): those run after Lightning has placed the module on its
@@ -89,7 +88,7 @@ class SERModule(L.LightningModule):
         if getattr(self.head, "speaker_norm", False) and self.speaker_mean is None:
             dm = self._datamodule("speaker")
             mean, std = self.feature_stats(itertools.chain(*dm.speaker_stats_dataloaders()), groups=len(dm.speaker_ids))
-            self.set_speaker_stats(mean, std, dm.speaker_ids)
+            self.set_speaker_stats(mean, std)
 
     def _datamodule(self, norm: str):
         dm = getattr(self.trainer, "datamodule", None)
@@ -97,11 +96,10 @@ class SERModule(L.LightningModule):
             raise RuntimeError(f"model.feature_norm={norm} needs the SERDataModule (its splits)")
         return dm
 
-    def set_speaker_stats(self, mean: torch.Tensor, std: torch.Tensor, speaker_ids: Sequence[str]) -> None:
-        """mean, std: (S, L, D), row s = speaker_ids[s] = the `speaker` index the batches carry."""
+    def set_speaker_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """mean, std: (S, L, D); row s belongs to datamodule.speaker_ids[s], the `speaker` index batches carry."""
         self.speaker_mean = mean.to(self.device)
         self.speaker_std = std.clamp_min(1e-5).to(self.device)
-        self.speaker_ids = list(speaker_ids)
 
     @torch.no_grad()
     def feature_stats(self, loader, groups: int = 0) -> tuple:
@@ -134,7 +132,8 @@ class SERModule(L.LightningModule):
         features, mask = self._features(batch)
         if getattr(self.head, "speaker_norm", False):
             if self.speaker_mean is None:
-                raise RuntimeError("model.feature_norm=speaker: speaker statistics were not computed (setup)")
+                raise RuntimeError("model.feature_norm=speaker: no speaker statistics (computed when a Trainer stage "
+                                   "starts, or set_speaker_stats)")
             if self.speaker_mean.device != features.device:  # the module was moved after they were computed
                 self.speaker_mean, self.speaker_std = self.speaker_mean.to(features.device), self.speaker_std.to(features.device)
             spk = batch["speaker"].to(features.device)

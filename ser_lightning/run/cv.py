@@ -127,9 +127,8 @@ def _train_fold_process(cfg: DictConfig, threads: int) -> str:
     """One fold in a worker process (spawned: no state shared with the parent but the files)."""
     import torch
 
-    from ser_lightning.run.train import train
-
     from ser_lightning.run.callbacks import SIGTERM_EXIT, Terminated
+    from ser_lightning.run.train import train
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -147,7 +147,7 @@ class Predictor:
         self.min_seconds = float(data.get("min_seconds", 0.1))
         self.feature_dtype = self.meta.get("feature_dtype")
         self.batch_size = int(batch_size)
-        # model.feature_norm=speaker: the clips of one predict() call are one speaker, normalised together
+        # model.feature_norm=speaker: predict() normalises each speaker's clips together (see there)
         self.speaker_norm = bool(getattr(self.head, "speaker_norm", False))
         self.head.to(self.device)
 

@@ -9,8 +9,9 @@ training speakers, logistic regression for each C in `--C`, C chosen by UA on th
 from the training speakers exactly as `ser train` draws them; never the test fold), test UA / WA of that model
 on the held-out fold. Reports mean ± std (ddof=1) over the folds, and per layer the cheapest policy within
 `--tolerance` UA points of the reference policy (default 30 s). `model.feature_norm=speaker` standardises each
-clip's frames with its own speaker's statistics first (the speaker-adaptive protocol of the head's option). Features come from the FeatureCache through
-SERDataModule (the same cache `ser cache` / `ser cv` fill): missing clips are encoded first unless --no-fill.
+clip's frames with its own speaker's statistics first (the speaker-adaptive protocol of the head's option).
+Features come from the FeatureCache through SERDataModule (the same cache `ser cache` / `ser cv` fill):
+missing clips are encoded first unless --no-fill.
 Writes output_dir/probe.json and probe.md; `--write FILE` also appends the table to FILE.
 """
 

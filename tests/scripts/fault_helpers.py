@@ -53,11 +53,17 @@ def trained_run(tmp_path_factory) -> Path:
     return _CACHE["run"]
 
 
+def ser_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment of a `ser` subprocess in the tests: offline, W&B off, no inherited fault injection."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SER_FAULT")}
+    e.update({"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(extra or {})})
+    return e
+
+
 def run_ser(args: List[str], fault: Optional[str] = None, action: str = "kill", timeout: float = 600,
             env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:  # fmt: skip
     """`ser ARGS` in a fresh interpreter; `fault` = SER_FAULT_AT spec (e.g. "train_batch:5")."""
-    e = {k: v for k, v in os.environ.items() if not k.startswith("SER_FAULT")}
-    e.update({"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})})
+    e = ser_env(env)
     if fault:
         e.update({"SER_FAULT_AT": fault, "SER_FAULT_ACTION": action})
     return subprocess.run([sys.executable, "-m", "ser_lightning.cli", *args], cwd=ROOT, env=e, capture_output=True,
