@@ -45,6 +45,7 @@ class DataConfig:
     min_seconds: float = _f(0.1, "Clips shorter than this are bad input.")
     limit_per_class: Optional[int] = _f(None, "Debug: keep at most N clips per class (seeded).")
     max_samples: Optional[int] = _f(None, "Debug: keep at most N clips in total (seeded, stratified by class).")
+    subset_seed: Optional[int] = _f(None, "Seed of the debug subsets (limit_per_class, max_samples); None = the run's seed. Ensemble members get their ensemble's, so they share the clips.")
     table_cache_dir: str = _f(".ser_cache/tables", "Where the Arrow utterance tables are stored (built once in prepare_data).")
     # corpus-specific knobs (ignored by corpora that do not use them)
     subset: str = _f("improvised", "IEMOCAP: improvised (paper), scripted or all.")
@@ -68,6 +69,8 @@ class ModelConfig:
     feature_norm: str = _f("none", "none; standardize: per-channel mean/std of each layer over the training split's frames (computed once per fold from the feature cache, stored in the head), applied before the projector. Whisper's residual stream has outlier channels (whisper-base layers 4-5: one ~40x the median RMS). speaker: per-speaker standardisation: every clip is normalised with the mean/std of ITS OWN speaker's clips (training, validation and test speakers alike; labels never used). A speaker-adaptive protocol: at inference it needs unlabelled clips of the speaker (`ser predict` groups clips by a manifest's speaker column); README 'Speaker normalisation'.")
     input_seconds: str = _f("10", "Encoder input length: seconds to pad each clip to (default '10': probe UA as good as 30 s at every whisper-base layer, 3.5x cheaper), '30' (the paper), or 'clip' (own length, masked; ~10x cheaper than 30, as good except at the last layer).")
     pooling: str = _f("qkv", "Pooling: mean, attentive, qkv, attentive_stats, learned_query.")
+    context: str = _f("none", "Temporal context between projector and pooling: none (the paper), conv (residual 1-D convolutions over time, kernel 5), transformer (pre-norm Transformer encoder layers, 4 heads, padded keys masked). Padding-invariant either way.")
+    context_layers: int = _f(1, "Layers of model.context.")
     heads: int = _f(6, "Pooling heads (paper: ShEMO 6, IEMOCAP 12).")
     head_dim: int = _f(4, "Per-head hidden size (paper: 4).")
     num_queries: int = _f(4, "learned_query pooling: number of learned queries.")
@@ -134,6 +137,11 @@ class CVConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    members: int = _f(1, "Heads trained per fold; their test-clip softmax probabilities are averaged. Member m is the same run with seed+m: its own init and its own validation speakers (drawn from the fold's training speakers) to choose its checkpoint. 1 = one head. README 'Ensembles'.")
+
+
+@dataclass
 class SERConfig:
     data: DataConfig = _f(None, "Corpus, folds and batching.", factory=DataConfig)
     model: ModelConfig = _f(None, "Encoder, layer, input length, pooling.", factory=ModelConfig)
@@ -142,6 +150,7 @@ class SERConfig:
     cache: CacheConfig = _f(None, "Feature cache.", factory=CacheConfig)
     wandb: WandbConfig = _f(None, "Weights & Biases logging.", factory=WandbConfig)
     cv: CVConfig = _f(None, "Cross-validation.", factory=CVConfig)
+    ensemble: EnsembleConfig = _f(None, "Several heads per fold, averaged.", factory=EnsembleConfig)
     seed: int = _f(0, "Seed for everything seedable (data draws, init, shuffling).")
     output_dir: str = _f("runs/default", "Run folder: results.json, config.yaml, checkpoints, reports.")
     monitor: str = _f("val/ua", "Metric that selects the checkpoint (on validation speakers only).")
@@ -236,6 +245,7 @@ _CHOICES = {
     "data.subset": ("improvised", "scripted", "all"),
     "model.fusion": ("weighted", "conv"),
     "model.feature_norm": ("none", "standardize", "speaker"),
+    "model.context": ("none", "conv", "transformer"),
     "cache.dtype": ("fp16", "fp32"),
     "model.encoder_dtype": ("auto", "fp32", "bf16", "fp16"),
     "monitor_mode": ("max", "min"),
@@ -263,7 +273,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"model.input_seconds={policy!r}: must be in (0, 30] (Whisper's window is 30 s)")
     if cfg.data.fold < 1:
         raise ConfigError(f"data.fold={cfg.data.fold}: folds are 1-based")
-    for name in ("heads", "head_dim", "proj_dim"):
+    if cfg.ensemble.members < 1:
+        raise ConfigError(f"ensemble.members={cfg.ensemble.members}: need at least 1 head per fold")
+    for name in ("heads", "head_dim", "proj_dim", "context_layers"):
         if getattr(cfg.model, name) < 1:
             raise ConfigError(f"model.{name} must be >= 1")
 

@@ -114,7 +114,7 @@ def make_logger(cfg: Any, output_dir: Path, run_config: Dict[str, Any]):
         return CSVLogger(str(output_dir), name="logs")
     from lightning.pytorch.loggers import WandbLogger
 
-    if cfg.wandb.job_type == "fold":  # part of a CV: the trial's run is the cv-summary run, not this one
+    if cfg.wandb.job_type in ("fold", "fold-member"):  # part of a CV: the trial's run is the cv-summary run
         detach_from_agent()
     save_dir = Path(cfg.wandb.dir or output_dir)
     save_dir.mkdir(parents=True, exist_ok=True)

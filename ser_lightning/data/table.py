@@ -122,7 +122,9 @@ def build_table(data_cfg: Dict[str, Any], report_dir: Optional[Path] = None) -> 
     import datasets
 
     corpus = load_corpus(data_cfg)
-    utts = _debug_subset(corpus.utterances, data_cfg.get("limit_per_class"), data_cfg.get("max_samples"), data_cfg.get("seed", 0))
+    subset_seed = data_cfg.get("subset_seed")
+    subset_seed = data_cfg.get("seed", 0) if subset_seed is None else subset_seed
+    utts = _debug_subset(corpus.utterances, data_cfg.get("limit_per_class"), data_cfg.get("max_samples"), subset_seed)
     settings = {
         k: data_cfg.get(k)
         for k in ("name", "classes", "sample_rate", "min_seconds", "on_bad_audio", "subset", "merge_excited", "max_seconds")

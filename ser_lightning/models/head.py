@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ser_lightning.models.context import build_context
 from ser_lightning.models.pooling import build_pooling
 
 # none; standardize: one mean/std per layer and channel from the training split (stored in the head);
@@ -96,6 +97,8 @@ class SERHead(nn.Module):
         num_queries: int = 4,
         augment: Optional[FeatureAugment] = None,
         feature_norm: str = "none",
+        context: str = "none",
+        context_layers: int = 1,
     ) -> None:
         super().__init__()
         self.num_layers = num_layers
@@ -119,6 +122,7 @@ class SERHead(nn.Module):
             projector_in = proj_dim
         self.augment = augment or FeatureAugment()
         self.projector = nn.Sequential(nn.Linear(projector_in, proj_dim), nn.LayerNorm(proj_dim))
+        self.context = build_context(context, proj_dim, context_layers, dropout)
         self.pooling = build_pooling(pooling, proj_dim, heads, head_dim, dropout, num_queries)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(proj_dim, num_classes)
@@ -160,6 +164,6 @@ class SERHead(nn.Module):
                 raise ValueError(f"got {features.shape[1]} layers but the head was built for {self.num_layers}")
             features = self.fusion(features)
         features = self.augment(features, mask)
-        h = self.projector(features)  # (B, T, proj_dim)
+        h = self.context(self.projector(features), mask)  # (B, T, proj_dim)
         pooled = self.pooling(h, mask)  # (B, proj_dim)
         return self.classifier(self.dropout(pooled))

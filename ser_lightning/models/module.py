@@ -59,6 +59,10 @@ class SERModule(L.LightningModule):
         self.test_metrics = base.clone(prefix="test/")
         self.test_confusion = build_confusion(self.class_names)
         self.test_results: Dict[str, Any] = {}
+        # per test clip: (split index, class probabilities); `ser train` writes them to test_predictions.json
+        # (what an ensemble averages: models/ensemble.py)
+        self._test_outputs: List[tuple] = []
+        self.test_predictions: Dict[str, Any] = {}
         # model.feature_norm=speaker: (S, L, D) per speaker, set when a stage starts; data statistics, not checkpointed
         self.speaker_mean: Optional[torch.Tensor] = None
         self.speaker_std: Optional[torch.Tensor] = None
@@ -157,9 +161,14 @@ class SERModule(L.LightningModule):
         self.log("val/loss", loss, on_epoch=True, batch_size=len(labels), sync_dist=True)
 
     def test_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> None:
-        _, preds, labels = self.model_step(batch)
+        logits = self(batch)
+        preds, labels = logits.argmax(-1), batch["label"]
         self.test_metrics.update(preds, labels)
         self.test_confusion.update(preds, labels)
+        self._test_outputs.append((batch["index"].detach().cpu(), torch.softmax(logits.float(), -1).detach().cpu()))
+
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
 
     # ------------------------------------------------------------------ epoch ends: compute() + reset()
     def on_train_epoch_end(self) -> None:
@@ -185,6 +194,18 @@ class SERModule(L.LightningModule):
             "class_names": self.class_names,
             "n_test": int(cm.sum()),
         }
+        self.test_predictions = self._gather_test_outputs()
+
+    def _gather_test_outputs(self) -> Dict[str, Any]:
+        """Every rank's (index, probabilities) -> one list ordered by split index (DDP: each clip is on one rank)."""
+        parts = [self._test_outputs]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, self._test_outputs)
+        self._test_outputs = []
+        pairs = [(int(i), p.tolist()) for part in parts for idx, probs in part for i, p in zip(idx, probs)]
+        pairs.sort(key=lambda x: x[0])
+        return {"index": [i for i, _ in pairs], "probabilities": [p for _, p in pairs]}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

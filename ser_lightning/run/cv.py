@@ -77,6 +77,7 @@ def summarize(results: List[Dict[str, Any]], cfg: Optional[DictConfig] = None) -
             "encoder": results[0]["encoder"],
             "pooling": results[0]["pooling"],
             "feature_norm": results[0].get("feature_norm", "none"),
+            "ensemble_members": int(results[0].get("ensemble", {}).get("members", 1)),
             "layers": results[0]["layers"],
             "corpus": results[0].get("corpus"),
             "config_hash": results[0]["config_hash"],
@@ -97,6 +98,9 @@ def summary_markdown(summary: Dict[str, Any], results: List[Dict[str, Any]], tit
     if summary.get("feature_norm") == "speaker":
         protocol = ("speaker-independent folds, SPEAKER-ADAPTIVE features: model.feature_norm=speaker normalised every "
                     "clip with its own speaker's statistics, test speakers' unlabelled clips included")  # fmt: skip
+    if summary.get("ensemble_members", 1) > 1:
+        protocol += (f"; an ENSEMBLE of {summary['ensemble_members']} heads per fold (seeds seed..seed+"
+                     f"{summary['ensemble_members'] - 1}, each with its own validation speakers; mean softmax)")  # fmt: skip
     lines = [
         f"# {title}",
         "",

@@ -20,7 +20,7 @@ from typing import Any, Dict
 
 from omegaconf import OmegaConf
 
-from ser_lightning.utils.io import atomic_write_bytes, atomic_write_json
+from ser_lightning.utils.io import atomic_write_bytes, atomic_write_json, read_json
 
 WEIGHTS = "head.safetensors"
 CONFIG = "head.json"
@@ -54,11 +54,13 @@ def export_head(module: Any, cfg: Any, folder: Path) -> Path:
 def find_export(run: Path | str) -> Path:
     """The export folder of a run: RUN itself (head.json in it) or RUN/export. A CV folder is refused with
     the list of its folds (pass one fold's folder)."""
+    from ser_lightning.run.ensemble import ENSEMBLE
+
     run = Path(run)
     for folder in (run, run / "export"):
-        if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file():
+        if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file() or (folder / ENSEMBLE).is_file():
             return folder
-    folds = sorted(p.parent.parent.name for p in run.glob("fold_*/export/" + CONFIG))
+    folds = sorted({p.parent.parent.name for name in (CONFIG, ENSEMBLE) for p in run.glob(f"fold_*/export/{name}")})
     if folds:
         raise FileNotFoundError(
             f"{run} is a cross-validation folder with one head per fold ({', '.join(folds)}); "
@@ -93,7 +95,8 @@ def load_head(folder: Path | str):
         input_dim=enc["output_dim"], num_classes=len(meta["class_names"]), pooling=m["pooling"],
         proj_dim=m["proj_dim"], heads=m["heads"], head_dim=m["head_dim"], dropout=m["dropout"],
         num_layers=len(enc["layers"]), fusion=m["fusion"], fusion_layernorm=m["fusion_layernorm"],
-        num_queries=m["num_queries"], feature_norm=m.get("feature_norm", "none"),
+        num_queries=m["num_queries"], feature_norm=m.get("feature_norm", "none"), context=m.get("context", "none"),
+        context_layers=m.get("context_layers", 1),
     )  # fmt: skip
     head.load_state_dict(load_file(str(folder / WEIGHTS)))
     return head.eval(), meta
@@ -108,10 +111,19 @@ def copy_export(run: Path | str, out: Path | str, force: bool = False) -> Path:
     existing = [p.name for p in out.iterdir()] if out.is_dir() else []
     if existing and not force:
         raise FileExistsError(f"{out} is not empty ({', '.join(sorted(existing)[:5])}); choose another --out or pass --force")
+    from ser_lightning.run.ensemble import ENSEMBLE, load_heads
+
     out.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS, CONFIG):
+    if (src / ENSEMBLE).is_file():  # an ensemble: its members' heads, then ensemble.json
+        load_heads(src)  # refuses members outside the folder before anything is copied
+        members = read_json(src / ENSEMBLE)["members"]
+        files = [f"{m}/{name}" for m in members for name in (WEIGHTS, CONFIG)] + [ENSEMBLE]
+    else:
+        files = [WEIGHTS, CONFIG]
+    for name in files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / name, (src / name).read_bytes())
-    load_head(out)  # the copy must load
+    load_heads(out)  # the copy must load
     return out
 
 
@@ -122,11 +134,19 @@ def add_subcommand(sub: argparse._SubParsersAction):
     p.add_argument("--force", action="store_true", help="overwrite the head files in a non-empty --out")
 
     def run(args: argparse.Namespace) -> int:
+        from ser_lightning.run.ensemble import load_heads
+
         out = copy_export(args.run, args.out, force=args.force)
-        meta = read_meta(out)
+        heads = load_heads(out)
+        meta = heads[0][1]
+        if len(heads) > 1:
+            print(f"[ser] an ensemble of {len(heads)} heads (their softmax probabilities are averaged)")
         print(f"[ser] exported head ({len(meta['class_names'])} classes: {', '.join(meta['class_names'])}; encoder "
               f"{meta['encoder']['source']} layers {meta['encoder']['layers']}) -> {out}")  # fmt: skip
-        print(f"      load it: from ser_lightning.run.export import load_head; head, meta = load_head({str(out)!r})")
+        if len(heads) > 1:
+            print(f"      load it: from ser_lightning.run.ensemble import load_heads; heads = load_heads({str(out)!r})")
+        else:
+            print(f"      load it: from ser_lightning.run.export import load_head; head, meta = load_head({str(out)!r})")
         return 0
 
     return run

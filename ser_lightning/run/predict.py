@@ -116,10 +116,14 @@ class Predictor:
 
         from ser_lightning.features.encoder import load_encoder
         from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend
-        from ser_lightning.run.export import find_export, load_head
+        from ser_lightning.run.ensemble import load_heads
+        from ser_lightning.run.export import find_export
 
         self.folder = find_export(run)
-        self.head, self.meta = load_head(self.folder)
+        # one head, or an ensemble's members (ensemble.json): their softmax probabilities are averaged
+        loaded = load_heads(self.folder)
+        self.heads = [head for head, _ in loaded]
+        self.head, self.meta = loaded[0]
         self.class_names: List[str] = list(self.meta["class_names"])
         enc_info = self.meta["encoder"]
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -149,7 +153,8 @@ class Predictor:
         self.batch_size = int(batch_size)
         # model.feature_norm=speaker: predict() normalises each speaker's clips together (see there)
         self.speaker_norm = bool(getattr(self.head, "speaker_norm", False))
-        self.head.to(self.device)
+        for head in self.heads:
+            head.to(self.device)
 
     def _features(self, waves: List[np.ndarray]) -> List[Any]:
         """Per window: the encoder features exactly as the feature cache held them in training."""
@@ -189,9 +194,10 @@ class Predictor:
         probs = np.zeros((len(waves), len(self.class_names)), dtype=np.float64)
         for idx, batch in batches:
             norm = None if stats is None else tuple(t.expand(len(idx), *t.shape) for t in stats)  # (B, L, D) each
+            features, mask = batch["features"].to(self.device), batch["mask"].to(self.device)
             with torch.no_grad():
-                logits = self.head(batch["features"].to(self.device), batch["mask"].to(self.device), norm)
-            probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+                p = torch.stack([torch.softmax(head(features, mask, norm).float(), dim=-1) for head in self.heads]).mean(0)
+            probs[idx] = p.cpu().numpy()
         return probs
 
     def predict(self, inputs: Iterable[Tuple[str, Optional[str]] | str], chunk: int = 64,

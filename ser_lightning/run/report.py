@@ -291,6 +291,7 @@ def comparison_sections(doc: Doc, runs: List[Run], failed: List[Dict[str, Any]],
     out: Dict[str, Path] = {}
     ranked = sorted(runs, key=lambda r: r.stat("test/ua")[0], reverse=True)
     keys = differing_keys(ranked)
+    defaults = _schema_defaults()  # a key a run's config.yaml lacks was added later: that run used the default
     doc.p(f"{len(runs)} runs, sorted by mean UA over folds (± sample std over folds), percent. Columns between "
           "'run' and 'folds' are the configuration keys that differ between runs. 'val UA (selection)' is the "
           "validation-speaker UA that chose each fold's checkpoint: choose configurations by it, not by test UA.")  # fmt: skip
@@ -298,7 +299,7 @@ def comparison_sections(doc: Doc, runs: List[Run], failed: List[Dict[str, Any]],
     header = ["rank", "run"] + keys + ["folds", "n test"] + [label for _, label in METRICS] + ["val UA (selection)"]
     rows = []
     for i, r in enumerate(ranked, 1):
-        cells = [r.value(k, "") for k in keys]
+        cells = [r.value(k, defaults.get(k, "")) for k in keys]
         val = pct(*r.stat("val/ua_best")) if "val/ua_best" in r.summary else "-"
         rows.append([i, r.name] + cells + [len(r.folds), r.summary.get("n_test")] + [pct(*r.stat(k)) for k, _ in METRICS] + [val])
     doc.table(header, rows)
@@ -315,7 +316,7 @@ def comparison_sections(doc: Doc, runs: List[Run], failed: List[Dict[str, Any]],
         series: Dict[str, List[Dict[str, float]]] = {}
         for r in with_layer:
             label = str(r.summary.get("pooling"))
-            extra = [f"{k.split('.')[-1]}={r.value(k)}" for k in others]
+            extra = [f"{k.split('.')[-1]}={r.value(k, defaults.get(k))}" for k in others]
             if extra:
                 label += " (" + ", ".join(extra) + ")"
             wa, wa_std = r.stat("test/wa")

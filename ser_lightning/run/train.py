@@ -19,6 +19,7 @@ from ser_lightning.config import require, to_yaml
 from ser_lightning.utils.io import atomic_write_json, atomic_write_text, fault_point, read_json, remove_stale_temps
 
 RESULTS = "results.json"
+PREDICTIONS = "test_predictions.json"  # per test clip: content hash, speaker, label, class probabilities
 
 
 # settings that do not change a run's result (where it is written, how it is logged or cached)
@@ -32,11 +33,24 @@ class RunConflictError(RuntimeError):
     """output_dir already holds a run of a different configuration."""
 
 
+# sections added to the schema after runs existed: left out of a run's identity while at their default, so a
+# run from before them (it ran with that default) keeps its config_hash and resumes / is reused as it is
+IDENTITY_DEFAULTS = {"ensemble": {"members": 1}, "data.subset_seed": None, "model.context": "none",
+                     "model.context_layers": 1}
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Identity of a run: its configuration minus VOLATILE_KEYS (the encoder and data fingerprints are
     recorded in results.json next to it)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(c, dict)
+    for key, default in IDENTITY_DEFAULTS.items():
+        *parents, leaf = key.split(".")
+        node = c
+        for p in parents:
+            node = node.get(p, {})
+        if node.get(leaf, default) == default:
+            node.pop(leaf, None)
     for key in VOLATILE_KEYS:
         node = c
         *parents, leaf = key.split(".")
@@ -113,7 +127,7 @@ def build(cfg: DictConfig, encoder=None):
         input_dim=encoder.output_dim, num_classes=dm.num_classes, pooling=m.pooling, proj_dim=m.proj_dim,
         heads=m.heads, head_dim=m.head_dim, dropout=m.dropout, num_layers=len(layers), fusion=m.fusion,
         fusion_layernorm=m.fusion_layernorm, num_queries=m.num_queries, augment=augment,
-        feature_norm=m.feature_norm,
+        feature_norm=m.feature_norm, context=m.context, context_layers=m.context_layers,
     )  # fmt: skip
     info = encoder_info(encoder, layers, spec.policy.name)
     module = SERModule(
@@ -165,6 +179,10 @@ def train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
 
     with sigterm_exits():
         try:
+            if int(cfg.ensemble.members) > 1:
+                from ser_lightning.run.ensemble import train_ensemble
+
+                return train_ensemble(cfg, encoder)
             return _train(cfg, encoder)
         except Terminated:
             print(f"[ser] {cfg.output_dir}: stopped by SIGTERM (exit {Terminated().code}); run the same command "
@@ -253,13 +271,29 @@ def _train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
         export_head(module, cfg, out / "export")
         image = _confusion_png(results, out)
         log_test_results(logger, results, dm.class_names, image)
-        atomic_write_json(out / RESULTS, results)
+        atomic_write_json(out / PREDICTIONS, test_predictions(module.test_predictions, dm))
+        atomic_write_json(out / RESULTS, results)  # last: its presence marks the run finished
         print(
             f"[ser] fold {results['fold']}: test WA {results['test/wa']:.4f}  UA {results['test/ua']:.4f}  "
             f"F1 {results['test/f1_macro']:.4f}  (n={results['n_test']}, {results['wall_time_s']:.0f} s) -> {out / RESULTS}"
         )
     _finish_logger(logger)
     return results
+
+
+def test_predictions(outputs: Dict[str, Any], dm: Any) -> Dict[str, Any]:
+    """The module's per-clip test probabilities joined with the clips' identity (content hash, path, speaker)."""
+    test = dm.splits["test"]
+    index = outputs["index"]
+    if sorted(index) != list(range(len(test))):
+        raise RuntimeError(f"test predictions cover {len(index)} clips with indices {index[:5]}..., the test split "
+                           f"has {len(test)}: every clip must be scored exactly once")  # fmt: skip
+    columns = {name: list(test[name]) for name in ("sha256", "path", "speaker", "label")}
+    return {
+        "class_names": list(dm.class_names),
+        **{name: [values[i] for i in index] for name, values in columns.items()},
+        "probabilities": outputs["probabilities"],
+    }
 
 
 def _confusion_png(results: Dict[str, Any], out: Path) -> Optional[Path]:
