@@ -8,6 +8,7 @@ The dotlist form is exactly what `wandb agent` passes with `${args_no_hyphens}`.
 from __future__ import annotations
 
 import os
+from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, List, Optional
@@ -68,7 +69,7 @@ class ModelConfig:
     fusion_layernorm: bool = _f(True, "LayerNorm each fused layer before mixing.")
     feature_norm: str = _f("none", "none; standardize: per-channel mean/std of each layer over the training split's frames (computed once per fold from the feature cache, stored in the head), applied before the projector. Whisper's residual stream has outlier channels (whisper-base layers 4-5: one ~40x the median RMS). speaker: per-speaker standardisation: every clip is normalised with the mean/std of ITS OWN speaker's clips (training, validation and test speakers alike; labels never used). A speaker-adaptive protocol: at inference it needs unlabelled clips of the speaker (`ser predict` groups clips by a manifest's speaker column); README 'Speaker normalisation'.")
     input_seconds: str = _f("10", "Encoder input length: seconds to pad each clip to (default '10': probe UA as good as 30 s at every whisper-base layer, 3.5x cheaper), '30' (the paper), or 'clip' (own length, masked; ~10x cheaper than 30, as good except at the last layer).")
-    pooling: str = _f("qkv", "Pooling: mean, attentive, qkv, attentive_stats, learned_query.")
+    pooling: str = _f("qkv", "Pooling: mean, stats (mean + std), attentive, qkv, attentive_stats, learned_query.")
     context: str = _f("none", "Temporal context between projector and pooling: none (the paper), conv (residual 1-D convolutions over time, kernel 5), transformer (pre-norm Transformer encoder layers, 4 heads, padded keys masked). Padding-invariant either way.")
     context_layers: int = _f(1, "Layers of model.context.")
     heads: int = _f(6, "Pooling heads (paper: ShEMO 6, IEMOCAP 12).")
@@ -294,11 +295,11 @@ def field_help(section: Any = SERConfig, prefix: str = "") -> List[str]:
     lines = []
     for f in fields(section):
         key = f"{prefix}{f.name}"
-        if f.default_factory is not None and hasattr(f.default_factory, "__dataclass_fields__"):  # type: ignore[misc]
+        if f.default_factory is not MISSING_FIELD and hasattr(f.default_factory, "__dataclass_fields__"):
             lines.append(f"{key}: {f.metadata.get('help', '')}")
             lines.extend(field_help(f.default_factory, key + "."))  # type: ignore[arg-type]
         else:
-            default = f.default if f.default_factory is None else f.default_factory()  # type: ignore[misc]
+            default = f.default if f.default_factory is MISSING_FIELD else f.default_factory()  # type: ignore[misc]
             lines.append(f"  {key} = {default!r}: {f.metadata.get('help', '')}")
     return lines
 

@@ -50,3 +50,22 @@ def test_cli_exit_codes_and_messages():
     assert r.returncode == 2 and "model.encoder" in r.stderr
     r = run("config", "data=ravdess", "model.encoder=random:test", "model.layer=3")
     assert r.returncode == 0 and "layer: 3" in r.stdout
+
+
+def test_config_fields_lists_every_field_with_help(capsys):
+    """`ser config --fields` (README) prints every schema field, nested sections included, with its help."""
+    from dataclasses import fields as dc_fields
+
+    from ser_lightning.cli import main
+    from ser_lightning.config import SERConfig
+
+    assert main(["config", "--fields"]) == 0
+    out = capsys.readouterr().out
+    for section in dc_fields(SERConfig):
+        factory = section.default_factory
+        if hasattr(factory, "__dataclass_fields__"):
+            for f in dc_fields(factory):
+                line = next((l for l in out.splitlines() if l.strip().startswith(f"{section.name}.{f.name} = ")), None)
+                assert line is not None, f"{section.name}.{f.name} missing"
+                assert f.metadata["help"] in line
+    assert "ensemble.members = 1:" in out and "model.context = 'none':" in out

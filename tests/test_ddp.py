@@ -66,6 +66,13 @@ def test_ddp_two_processes_count_every_clip_once(tmp_path, tmp_path_factory, rav
     # a whole `ser train` on 2 processes: same split, every clip counted once, only rank 0 wrote W&B / results
     ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert ddp["n_test"] == n_split
+    # per-clip probabilities gathered from both ranks: every test clip once, in split order, argmax = the matrix
+    preds = json.loads((tmp_path / "ddp" / "test_predictions.json").read_text())
+    assert preds["sha256"] == list(dm.splits["test"]["sha256"])
+    cm = [[0] * len(preds["class_names"]) for _ in preds["class_names"]]
+    for label, p in zip(preds["label"], preds["probabilities"]):
+        cm[label][max(range(len(p)), key=p.__getitem__)] += 1
+    assert cm == ddp["confusion_matrix"]
     assert sum(map(sum, ddp["confusion_matrix"])) == n_split
     assert ddp["test_speakers"] == single["test_speakers"]
     assert ddp["n_train"] == single["n_train"]

@@ -121,3 +121,14 @@ def test_multi_layer_fusion_heads_are_padding_invariant():
         mask = torch.zeros(1, 50, dtype=torch.bool)
         mask[:, :20] = True
         torch.testing.assert_close(head(clip, torch.ones(1, 20, dtype=torch.bool)), head(padded, mask), rtol=1e-5, atol=1e-5)
+
+
+def test_stats_pooling_by_hand():
+    """[mean, std] over the real frames only (population std), through the output map."""
+    pool = build_pooling("stats", 2, heads=1, head_dim=1, dropout=0.0)
+    with torch.no_grad():
+        pool.out.weight.copy_(torch.eye(4)[:2] + torch.eye(4)[2:])  # a = mean + std, per channel
+        pool.out.bias.zero_()
+    h = torch.tensor([[[1.0, 2.0], [3.0, 6.0], [50.0, -50.0]]])
+    mask = torch.tensor([[True, True, False]])
+    torch.testing.assert_close(pool(h, mask), torch.tensor([[2.0 + 1.0, 4.0 + 2.0]]))

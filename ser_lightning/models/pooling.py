@@ -44,6 +44,21 @@ class MeanPooling(nn.Module):
         return masked_mean(_zero_padded(h, mask), mask)
 
 
+class StatsPooling(nn.Module):
+    """Masked mean and standard deviation over frames, concatenated and mapped back to D (x-vector style
+    statistics pooling, no attention): a = [mean_t(h), std_t(h)] W."""
+
+    def __init__(self, dim: int, **_: object) -> None:
+        super().__init__()
+        self.out = nn.Linear(2 * dim, dim)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = _zero_padded(h, mask)
+        mean = masked_mean(h, mask)  # (B, D)
+        var = masked_mean(_zero_padded((h - mean.unsqueeze(1)) ** 2, mask), mask)
+        return self.out(torch.cat([mean, var.clamp_min(1e-6).sqrt()], dim=-1))
+
+
 class AttentivePooling(nn.Module):
     """Multi-head attentive average pooling (protocols.md).
 
@@ -149,6 +164,7 @@ class LearnedQueryPooling(nn.Module):
 
 POOLINGS: Dict[str, Callable[..., nn.Module]] = {
     "mean": MeanPooling,
+    "stats": StatsPooling,
     "attentive": AttentivePooling,
     "qkv": QKVPooling,
     "attentive_stats": AttentiveStatsPooling,
