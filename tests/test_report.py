@@ -195,3 +195,15 @@ def test_the_config_a_run_used_wins_over_its_sweep_parameter(tmp_path):
     plain = Run("p", tmp_path, "cv", {}, [], {"model.encoder": "/local/base", "model.layer": 4})
     assert trial.value("model.encoder") == "/local/base"
     assert differing_keys([trial, plain]) == ["model.layer"]  # neither the encoder nor the `data` group
+
+
+def test_a_fusion_run_shows_no_single_layer():
+    """model.layer is unused when model.layers fuses several: the report must not show the default -1 for it."""
+    from pathlib import Path
+
+    from ser_lightning.run.report import Run
+
+    fused = Run("f", Path("f"), "cv", {}, [], config={"model.layer": -1, "model.layers": [3, 4, 5, 6]})
+    single = Run("s", Path("s"), "cv", {}, [], config={"model.layer": 4, "model.layers": None})
+    assert fused.value("model.layer") is None and fused.value("model.layers") == [3, 4, 5, 6]
+    assert single.value("model.layer") == 4

@@ -139,23 +139,24 @@ def test_paper_experiments_compose():
 
 def test_ravdess_presets_compose_to_the_runs_they_report():
     """configs/experiment/ravdess_*.yaml: the configurations chosen on validation speakers (README results)."""
-    expected = {
-        "ravdess_mean": ("mean", [4], "standardize"),
-        "ravdess_attentive": ("attentive", [3], "standardize"),
-        "ravdess_qkv": ("qkv", [3], "standardize"),
-        "ravdess_best": ("mean", [3, 4, 5, 6], "standardize"),
+    expected = {  # pooling, layers, feature_norm, temporal context, heads per fold (ensemble.members)
+        "ravdess_mean": ("mean", [4], "standardize", "none", 5),
+        "ravdess_attentive": ("attentive", [3], "standardize", "none", 5),
+        "ravdess_qkv": ("qkv", [3], "standardize", "none", 5),
+        "ravdess_best": ("mean", [3, 4, 5, 6], "standardize", "transformer", 5),
         # the speaker-adaptive protocol (model.feature_norm=speaker), chosen the same way
-        "ravdess_speaker_mean": ("mean", [4], "speaker"),
-        "ravdess_speaker_attentive": ("attentive", [4], "speaker"),
-        "ravdess_speaker_qkv": ("qkv", [4], "speaker"),
-        "ravdess_speaker_best": ("mean", [3, 4, 5, 6], "speaker"),
+        "ravdess_speaker_mean": ("mean", [4], "speaker", "none", 1),
+        "ravdess_speaker_attentive": ("attentive", [4], "speaker", "none", 1),
+        "ravdess_speaker_qkv": ("qkv", [4], "speaker", "none", 1),
+        "ravdess_speaker_best": ("mean", [3, 4, 5, 6], "speaker", "none", 1),
     }
     from ser_lightning.models.module import layer_list
 
-    for name, (pooling, layers, norm) in expected.items():
+    for name, (pooling, layers, norm, context, members) in expected.items():
         cfg = compose([f"experiment={name}"])
         assert cfg.experiment == name and cfg.data.name == "ravdess" and cfg.data.num_folds is None
         assert cfg.model.pooling == pooling and layer_list(cfg.model.layers, cfg.model.layer) == layers
+        assert cfg.model.context == context and cfg.ensemble.members == members
         assert norm is None or cfg.model.feature_norm == norm
         assert cfg.model.input_seconds == "10" and cfg.trainer.max_epochs == 10
         assert (cfg.model.heads, cfg.model.head_dim, cfg.model.proj_dim) == (6, 4, 256)

@@ -47,7 +47,10 @@ class Run:
 
     def value(self, key: str, default: Any = None) -> Any:
         """A configuration value as the run used it: its config.yaml first (overrides given after the sweep's
-        parameters win there), then the sweep parameter (a run without config.yaml)."""
+        parameters win there), then the sweep parameter (a run without config.yaml). `model.layer` of a run that
+        fused `model.layers` is None: it was not used (the schema default -1 would read as "the last layer")."""
+        if key == "model.layer" and self.value("model.layers"):
+            return None
         if key in self.config:
             return self.config[key]
         return self.params.get(key, default)
