@@ -212,10 +212,7 @@ def run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
 
 
 def _run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
-    from ser_lightning.features.encoder import load_encoder
-    from ser_lightning.run.train import check_output_dir, train
-
-    import torch
+    from ser_lightning.run.train import check_output_dir, load_run_encoder, train
 
     require(cfg, "data.root", "model.encoder")
     out = Path(cfg.output_dir)
@@ -224,8 +221,7 @@ def _run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     folds = list(cfg.cv.folds) if cfg.cv.folds else corpus_folds(cfg)
     start = time.time()
     if encoder is None:  # loaded once, shared by every fold
-        device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
-        encoder = load_encoder(cfg.model.encoder, device=device, dtype=cfg.model.encoder_dtype, seed=cfg.seed)
+        encoder = load_run_encoder(cfg)
     workers = int(cfg.cv.workers)
     if workers > 1 and len(folds) > 1:
         train_in_parallel(cfg, folds, workers, encoder)

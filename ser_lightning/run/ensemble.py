@@ -25,7 +25,8 @@ from typing import Any, Dict, List, Sequence
 import torch
 from omegaconf import DictConfig, open_dict
 
-from ser_lightning.utils.io import atomic_write_bytes, atomic_write_json, read_json, remove_stale_temps
+from ser_lightning.config import to_yaml
+from ser_lightning.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, remove_stale_temps
 
 ENSEMBLE = "ensemble.json"
 FORMAT = "ser_lightning.ensemble/1"
@@ -82,31 +83,21 @@ def prediction_metrics(predictions: Dict[str, Any]) -> Dict[str, Any]:
 
 def train_ensemble(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     """Train (or resume) every member, then combine; returns the fold's results (also written to results.json)."""
-    from ser_lightning.run.train import (PREDICTIONS, RESULTS, _confusion_png, _train, check_output_dir,
-                                         claim_output_dir, config_hash, finished_results)  # fmt: skip
+    from ser_lightning.run.train import (PREDICTIONS, RESULTS, _confusion_png, _train, config_hash, load_run_encoder,
+                                         open_run)  # fmt: skip
 
     k = int(cfg.ensemble.members)
     out = Path(cfg.output_dir)
-    check_output_dir(out)
-    done = finished_results(out, cfg)
+    done = open_run(out, cfg)
     if done is not None:
-        print(f"[ser] {out}: already finished with this configuration (test/ua {done['test/ua']:.4f}); skipping")
         return done
-    claim_output_dir(out, cfg)
     remove_stale_temps(out)
-    from ser_lightning.config import to_yaml
-    from ser_lightning.utils.io import atomic_write_text
-
     atomic_write_text(out / "config.yaml", to_yaml(cfg))  # the ensemble's configuration (members: member_m/)
     start = time.time()
     if encoder is None:
         # loaded once with the ensemble's seed and shared: the members differ in their head seed only (a
         # random:<size> encoder's weights would otherwise follow each member's seed)
-        from ser_lightning.features.encoder import load_encoder
-
-        on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-        encoder = load_encoder(cfg.model.encoder, device="cuda" if on_gpu else "cpu", dtype=cfg.model.encoder_dtype,
-                               seed=cfg.seed)  # fmt: skip
+        encoder = load_run_encoder(cfg)
     members: List[Dict[str, Any]] = []
     for m in range(k):
         print(f"[ser] ensemble member {m + 1} of {k} (seed {int(cfg.seed) + m}) -> {out / f'member_{m}'}")
@@ -155,7 +146,7 @@ def train_ensemble(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
 
 def export_ensemble(out: Path, k: int) -> Path:
     """<out>/export: ensemble.json + member_m/{head.json, head.safetensors} copied from each member's export."""
-    from ser_lightning.run.export import CONFIG, WEIGHTS, load_head
+    from ser_lightning.run.export import CONFIG, WEIGHTS
 
     folder = out / "export"
     folder.mkdir(parents=True, exist_ok=True)

@@ -95,18 +95,36 @@ def finished_results(output_dir: Path, cfg: DictConfig) -> Optional[Dict[str, An
     return None
 
 
+def load_run_encoder(cfg: DictConfig):
+    """The frozen encoder of a run: on CUDA when there is one and the trainer may use it, else the CPU."""
+    from ser_lightning.features.encoder import load_encoder
+
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    return load_encoder(cfg.model.encoder, device=device, dtype=cfg.model.encoder_dtype, seed=cfg.seed)
+
+
+def open_run(out: Path, cfg: DictConfig) -> Optional[Dict[str, Any]]:
+    """Check and claim a run folder: the stored results if this configuration already finished there (the caller
+    returns them), else None once the folder is claimed for it (another configuration's folder is refused)."""
+    check_output_dir(out)
+    done = finished_results(out, cfg)
+    if done is not None:
+        print(f"[ser] {out}: already finished with this configuration (test/ua {done['test/ua']:.4f}); skipping")
+        return done
+    claim_output_dir(out, cfg)
+    return None
+
+
 def build(cfg: DictConfig, encoder=None):
     """Encoder, datamodule and LightningModule for a config (sizes flow from the encoder and the data)."""
     from ser_lightning.data.datamodule import FeatureSpec, SERDataModule
-    from ser_lightning.features.encoder import load_encoder
     from ser_lightning.features.frontend import LengthPolicy
     from ser_lightning.models.head import FeatureAugment, SERHead
     from ser_lightning.models.module import SERModule, layer_list
 
     m = cfg.model
-    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
     if encoder is None:
-        encoder = load_encoder(m.encoder, device=device, dtype=m.encoder_dtype, seed=cfg.seed)
+        encoder = load_run_encoder(cfg)
     if m.compile:
         encoder.encoder = torch.compile(encoder.encoder, dynamic=True)
     layers = encoder.resolve_layers(layer_list(m.layers, m.layer))
@@ -199,12 +217,9 @@ def _train(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
 
     require(cfg, "data.root", "model.encoder")
     out = Path(cfg.output_dir)
-    check_output_dir(out)
-    done = finished_results(out, cfg)
+    done = open_run(out, cfg)
     if done is not None:
-        print(f"[ser] {out}: already finished with this configuration (test/ua {done['test/ua']:.4f}); skipping")
         return done
-    claim_output_dir(out, cfg)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # (DDP: ranks > 0 are started while rank 0 works)
         for folder in (out, out / "checkpoints", out / "export"):  # temp files of writes killed half-way
             remove_stale_temps(folder)
