@@ -44,6 +44,7 @@ class DataConfig:
     crop: str = _f("center", "Where to crop long clips: start or center.")
     on_bad_audio: str = _f("error", "error: stop naming the file and problem; skip: drop it, count it, list it in bad_audio.json.")
     min_seconds: float = _f(0.1, "Clips shorter than this are bad input.")
+    speed_perturb: List[float] = _f(None, "Speed perturbation of TRAINING clips, e.g. [0.9, 1.1] (Kaldi/sox speed: tempo and pitch x factor): every epoch each training clip is read at 1.0 or one of these speeds, uniformly at random (same cost per epoch). The perturbed copies are encoded once into caches of their own; validation and test clips are never perturbed. [] = off.", factory=list)
     limit_per_class: Optional[int] = _f(None, "Debug: keep at most N clips per class (seeded).")
     max_samples: Optional[int] = _f(None, "Debug: keep at most N clips in total (seeded, stratified by class).")
     subset_seed: Optional[int] = _f(None, "Seed of the debug subsets (limit_per_class, max_samples); None = the run's seed. Ensemble members get their ensemble's, so they share the clips.")
@@ -274,6 +275,11 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"model.input_seconds={policy!r}: must be in (0, 30] (Whisper's window is 30 s)")
     if cfg.data.fold < 1:
         raise ConfigError(f"data.fold={cfg.data.fold}: folds are 1-based")
+    speeds = list(cfg.data.speed_perturb or [])
+    bad = [x for x in speeds if not 0.5 <= float(x) <= 2.0 or float(x) == 1.0]
+    if bad or len(set(map(float, speeds))) != len(speeds):
+        raise ConfigError(f"data.speed_perturb={speeds}: distinct speed factors in [0.5, 2.0] other than 1.0 "
+                          "(1.0, the clip itself, is always drawn too), e.g. [0.9, 1.1]")  # fmt: skip
     if cfg.ensemble.members < 1:
         raise ConfigError(f"ensemble.members={cfg.ensemble.members}: need at least 1 head per fold")
     for name in ("heads", "head_dim", "proj_dim", "context_layers"):

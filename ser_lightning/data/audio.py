@@ -96,6 +96,17 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return AF.resample(torch.from_numpy(wave), orig_sr, target_sr).numpy()
 
 
+def change_speed(wave: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
+    """Speed perturbation (Kaldi / sox `speed`): play the clip `factor` times faster, so tempo AND pitch scale by
+    `factor` and the length by 1/factor. Done as a resampling of the wave read as if it had been recorded at
+    factor * sample_rate (0.9 -> 11 % longer and lower, 1.1 -> 9 % shorter and higher)."""
+    if factor <= 0:
+        raise ValueError(f"speed factor must be > 0, got {factor}")
+    if factor == 1.0:
+        return wave
+    return np.ascontiguousarray(resample(wave, int(round(sample_rate * factor)), sample_rate), dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     duration: float  # seconds, after resampling

@@ -15,7 +15,7 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import lightning as L
 import numpy as np
@@ -45,41 +45,54 @@ class FeatureSpec:
 
 class CachedFeatures(Dataset):
     """A split's cached features, copied once from the memory-mapped shards into one contiguous fp16 tensor
-    per layer (page-faulting the memmap for every item of every epoch is what made epochs slow)."""
+    per layer (page-faulting the memmap for every item of every epoch is what made epochs slow).
 
-    def __init__(self, hashes: Sequence[str], labels: Sequence[int], cache: FeatureCache, layers: Sequence[int],
-                 speakers: Optional[Sequence[int]] = None):  # fmt: skip
+    `caches` beyond the first are speed-perturbed versions of the same clips (data.speed_perturb): item `i` is
+    version 0 (the unperturbed clip), item `(i, v)` version v; SpeedPerturbBatchSampler picks v per clip."""
+
+    def __init__(self, hashes: Sequence[str], labels: Sequence[int], caches: FeatureCache | Sequence[FeatureCache],
+                 layers: Sequence[int], speakers: Optional[Sequence[int]] = None):  # fmt: skip
         self.labels, self.layers = list(labels), list(layers)
         self.speakers = list(speakers) if speakers is not None else [0] * len(self.labels)
-        lengths = [int(cache.get(h, self.layers[0]).shape[0]) for h in hashes]
-        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self.store = [
-            torch.from_numpy(np.concatenate([np.asarray(cache.get(h, k)) for h in hashes]) if hashes else np.zeros((0, 1), np.float16))
-            for k in self.layers
-        ]  # per layer: (sum_T, D)
+        caches = [caches] if isinstance(caches, FeatureCache) else list(caches)
+        self.offsets: List[np.ndarray] = []
+        self.stores: List[List[torch.Tensor]] = []  # [version][layer]: (sum_T, D)
+        for cache in caches:
+            lengths = [int(cache.get(h, self.layers[0]).shape[0]) for h in hashes]
+            self.offsets.append(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+            self.stores.append([
+                torch.from_numpy(np.concatenate([np.asarray(cache.get(h, k)) for h in hashes]) if hashes else np.zeros((0, 1), np.float16))
+                for k in self.layers
+            ])  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        feats = [s[a:b].float() for s in self.store]
+    def __getitem__(self, item: int | Tuple[int, int]) -> Dict[str, Any]:
+        i, version = item if isinstance(item, tuple) else (item, 0)
+        a, b = int(self.offsets[version][i]), int(self.offsets[version][i + 1])
+        feats = [s[a:b].float() for s in self.stores[version]]
         x = feats[0] if len(feats) == 1 else torch.stack(feats)  # (T, D) or (L, T, D)
         return {"features": x, "label": self.labels[i], "index": i, "speaker": self.speakers[i]}
 
 
 class AudioClips(Dataset):
+    """Clips decoded on the fly (live mode). Item `(i, v)` is clip i at speed `speeds[v]` (data.speed_perturb;
+    version 0 = speed 1)."""
+
     def __init__(self, paths: Sequence[str], labels: Sequence[int], sample_rate: int, max_seconds: float, crop: str,
-                 speakers: Optional[Sequence[int]] = None):  # fmt: skip
+                 speakers: Optional[Sequence[int]] = None, speeds: Sequence[float] = (1.0,)):  # fmt: skip
         self.paths, self.labels = list(paths), list(labels)
         self.speakers = list(speakers) if speakers is not None else [0] * len(self.labels)
         self.sample_rate, self.max_seconds, self.crop = sample_rate, max_seconds, crop
+        self.speeds = list(speeds)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        wave = load_clip(self.paths[i], self.sample_rate, self.max_seconds, self.crop)
+    def __getitem__(self, item: int | Tuple[int, int]) -> Dict[str, Any]:
+        i, version = item if isinstance(item, tuple) else (item, 0)
+        wave = load_clip(self.paths[i], self.sample_rate, self.max_seconds, self.crop, speed=self.speeds[version])
         return {"wave": wave, "label": self.labels[i], "index": i, "speaker": self.speakers[i]}
 
 
@@ -177,6 +190,27 @@ class LengthBucketBatchSampler(Sampler[List[int]]):
         return len(self._batches())
 
 
+class SpeedPerturbBatchSampler(Sampler[List[Tuple[int, int]]]):
+    """Training batches of (clip, version) pairs: the batches of `batches` (a LengthBucketBatchSampler), each clip
+    drawn at one of `versions` speeds (0 = unperturbed), uniformly and independently, seeded by (seed, epoch,
+    rank): every epoch sees every training clip once, at a fresh speed, so an epoch costs what it did without
+    perturbation. Lightning calls set_epoch on it like on any batch sampler."""
+
+    def __init__(self, batches: LengthBucketBatchSampler, versions: int, seed: int = 0) -> None:
+        self.batches, self.versions, self.seed = batches, versions, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        rng = random.Random(f"speed-{self.seed}-{self.batches.epoch}-{self.batches.rank}")
+        for batch in self.batches:
+            yield [(i, rng.randrange(self.versions)) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class SERDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -197,6 +231,9 @@ class SERDataModule(L.LightningDataModule):
         self.split: Optional[FoldSplit] = None
         self.splits: Dict[str, Any] = {}
         self.cache: Optional[FeatureCache] = None
+        # data.speed_perturb: training clips are also drawn at these speeds (each from its own cache)
+        self.speeds: List[float] = [float(x) for x in (self.cfg.get("speed_perturb") or [])]
+        self._speed_caches: Dict[float, FeatureCache] = {}
         self._datasets: Dict[str, Dataset] = {}
         self._speaker_ids: Optional[List[str]] = None
 
@@ -227,16 +264,24 @@ class SERDataModule(L.LightningDataModule):
             self._speaker_ids = sorted(set(self._table().dataset["speaker"]))
         return self._speaker_ids
 
-    def open_cache(self) -> FeatureCache:
-        if self.cache is None:
-            enc = self.encoder
-            self.cache = cache_for(
-                self.features.cache_dir, enc.fingerprint, {"n_mels": enc.num_mel_bins, "frontend": "whisper-logmel-v1"},
-                self.features.policy.name, float(self.cfg["max_seconds"]), self.cfg["crop"],
-                dtype=self.features.cache_dtype, verify=self.features.verify, sample_rate=int(self.cfg["sample_rate"]),
-                verify_layers=self.features.layers,
-            )  # fmt: skip
-        return self.cache
+    def open_cache(self, speed: float = 1.0) -> FeatureCache:
+        """The feature cache of the unperturbed clips, or (speed != 1) of their speed-perturbed copies."""
+        if speed == 1.0 and self.cache is not None:
+            return self.cache
+        if speed in self._speed_caches:
+            return self._speed_caches[speed]
+        enc = self.encoder
+        cache = cache_for(
+            self.features.cache_dir, enc.fingerprint, {"n_mels": enc.num_mel_bins, "frontend": "whisper-logmel-v1"},
+            self.features.policy.name, float(self.cfg["max_seconds"]), self.cfg["crop"],
+            dtype=self.features.cache_dtype, verify=self.features.verify, sample_rate=int(self.cfg["sample_rate"]),
+            verify_layers=self.features.layers, speed=speed,
+        )  # fmt: skip
+        if speed == 1.0:
+            self.cache = cache
+        else:
+            self._speed_caches[speed] = cache
+        return cache
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
@@ -246,16 +291,20 @@ class SERDataModule(L.LightningDataModule):
             self.fill(dict(zip(ds["sha256"], ds["path"])), dict(zip(ds["sha256"], ds["duration"])))
 
     def fill(self, paths_by_hash: Dict[str, str], durations: Dict[str, float]) -> None:
-        fill_cache(
-            self.open_cache(), self.encoder, paths_by_hash, durations, self.features.layers, self.features.policy,
-            sample_rate=int(self.cfg["sample_rate"]), max_seconds=float(self.cfg["max_seconds"]),
-            crop_where=self.cfg["crop"], batch_size=self.features.encode_batch_size,
-        )  # fmt: skip
+        """Encode what the caches lack: the clips, and with data.speed_perturb their copies at every speed (all
+        clips: each is a training clip in some fold, so one pass serves every fold and ensemble member)."""
+        for speed in [1.0] + self.speeds:
+            fill_cache(
+                self.open_cache(speed), self.encoder, paths_by_hash, durations, self.features.layers,
+                self.features.policy, sample_rate=int(self.cfg["sample_rate"]), max_seconds=float(self.cfg["max_seconds"]),
+                crop_where=self.cfg["crop"], batch_size=self.features.encode_batch_size, speed=speed,
+            )  # fmt: skip
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:
             if self.features.cached:  # DDP: rank 0 may have filled the cache (prepare_data) since the first setup
-                self.open_cache().refresh()
+                for speed in [1.0] + self.speeds:
+                    self.open_cache(speed).refresh()
             return
         table = self._table()
         self.split = make_split(
@@ -274,7 +323,8 @@ class SERDataModule(L.LightningDataModule):
             self.splits[name] = ds.select(rows)
         self._check_splits()
         if self.features.cached:
-            self.open_cache().refresh()
+            for speed in [1.0] + self.speeds:
+                self.open_cache(speed).refresh()
 
     def _check_splits(self) -> None:
         assert self.split is not None
@@ -306,15 +356,20 @@ class SERDataModule(L.LightningDataModule):
         return w
 
     # ------------------------------------------------------------------ loaders
+    def _speeds(self, name: str) -> List[float]:
+        """Speeds a split's clips are read at: version 0 is the clip itself; only training adds perturbed ones."""
+        return [1.0] + (self.speeds if name == "train" else [])
+
     def _dataset(self, name: str) -> Dataset:
         d = self.splits[name]
         if self.features.cached:
             if name not in self._datasets:  # built once: every epoch reuses the in-memory features
-                self._datasets[name] = CachedFeatures(d["sha256"], d["label"], self.open_cache(), self.features.layers,
+                caches = [self.open_cache(speed) for speed in self._speeds(name)]
+                self._datasets[name] = CachedFeatures(d["sha256"], d["label"], caches, self.features.layers,
                                                       self._speaker_indices(d))  # fmt: skip
             return self._datasets[name]
         return AudioClips(d["path"], d["label"], int(self.cfg["sample_rate"]), float(self.cfg["max_seconds"]), self.cfg["crop"],
-                          self._speaker_indices(d))  # fmt: skip
+                          self._speaker_indices(d), self._speeds(name))  # fmt: skip
 
     def _speaker_indices(self, split: Any) -> List[int]:
         index = {s: i for i, s in enumerate(self.speaker_ids)}
@@ -329,10 +384,12 @@ class SERDataModule(L.LightningDataModule):
         world, rank = 1, 0
         if self.trainer is not None and not whole:
             world, rank = self.trainer.world_size, self.trainer.global_rank
-        sampler = LengthBucketBatchSampler(
+        sampler: Sampler = LengthBucketBatchSampler(
             self._lengths(name), int(self.cfg["batch_size"] if train else self.cfg["eval_batch_size"]), shuffle=train,
             seed=self.seed, bucketing=bool(self.cfg["length_bucketing"]), num_replicas=world, rank=rank,
         )  # fmt: skip
+        if train and self.speeds:  # batches are bucketed by the unperturbed lengths (speed changes them by <= 1/speed)
+            sampler = SpeedPerturbBatchSampler(sampler, len(self._speeds(name)), self.seed)
         collate = collate_features if self.features.cached else CollateAudio(self.encoder.num_mel_bins, self.features.policy)
         workers = int(self.cfg["num_workers"])
         return DataLoader(self._dataset(name), batch_sampler=sampler, collate_fn=collate, num_workers=workers,

@@ -204,10 +204,12 @@ class FeatureCache:
 
 def cache_for(root: str, encoder_fingerprint: str, frontend_settings: Mapping[str, object], policy: str,
               max_seconds: float, crop: str, dtype: str = "fp16", verify: bool = True,
-              sample_rate: int = 16000, verify_layers: Sequence[int] | None = None) -> FeatureCache:  # fmt: skip
+              sample_rate: int = 16000, verify_layers: Sequence[int] | None = None, speed: float = 1.0) -> FeatureCache:  # fmt: skip
     settings = {
         "encoder": encoder_fingerprint, "frontend": dict(frontend_settings), "policy": policy,
         "max_seconds": float(max_seconds), "crop": crop, "sample_rate": sample_rate,
     }  # fmt: skip
+    if speed != 1.0:  # speed-perturbed copies (data.speed_perturb) get their own key; unperturbed keys are unchanged
+        settings["speed"] = float(speed)
     return FeatureCache(root, settings, dtype=dtype, verify=verify, verify_layers=verify_layers)
 

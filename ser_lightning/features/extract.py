@@ -9,7 +9,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from ser_lightning.data.audio import crop, decode
+from ser_lightning.data.audio import change_speed, crop, decode
 from ser_lightning.features.cache import DTYPES, FeatureCache
 from ser_lightning.features.encoder import FrozenWhisperEncoder
 from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend, encoder_frames, mel_frames
@@ -18,9 +18,11 @@ from ser_lightning.utils.io import fault_point
 SHARD_CLIPS = 256  # a kill loses at most one shard's worth of encoding
 
 
-def load_clip(path: str, sample_rate: int, max_seconds: float, where: str, min_seconds: float = 0.0) -> np.ndarray:
+def load_clip(path: str, sample_rate: int, max_seconds: float, where: str, min_seconds: float = 0.0,
+              speed: float = 1.0) -> np.ndarray:  # fmt: skip
+    """Decode -> (speed perturbation, data.speed_perturb) -> crop to max_seconds."""
     wave, _ = decode(path, sample_rate, min_seconds)
-    return crop(wave, int(max_seconds * sample_rate), where)
+    return crop(change_speed(wave, speed, sample_rate), int(max_seconds * sample_rate), where)
 
 
 @torch.no_grad()
@@ -67,8 +69,10 @@ def fill_cache(
     crop_where: str = "center",
     batch_size: int = 16,
     progress: bool = True,
+    speed: float = 1.0,
 ) -> FillStats:
-    """Encode every clip whose features (for any of `layers`) are missing; one encoder pass stores all layers."""
+    """Encode every clip whose features (for any of `layers`) are missing; one encoder pass stores all layers.
+    speed != 1: the clips are speed-perturbed first (the cache must be the one keyed with that speed)."""
     layers = encoder.resolve_layers(layers)
     start = time.perf_counter()
     with cache.lock():
@@ -77,16 +81,17 @@ def fill_cache(
         todo = cache.missing(list(paths_by_hash), layers)
         if not todo:
             return FillStats(0, len(paths_by_hash), 0.0, 0.0)
-        _check_space(cache, encoder, [durations[h] for h in todo], len(layers), sample_rate, max_seconds)
+        _check_space(cache, encoder, [durations[h] / speed for h in todo], len(layers), sample_rate, max_seconds)
         frontend = LogMelFrontend(encoder.num_mel_bins)
         todo.sort(key=lambda h: durations[h])  # similar lengths together: little padding
         audio_seconds = 0.0
-        bar = _progress(len(todo), progress, f"encoding {len(todo)} clips ({encoder.source}, layers {layers})")
+        what = f"encoding {len(todo)} clips ({encoder.source}, layers {layers}" + (f", speed {speed:g})" if speed != 1.0 else ")")
+        bar = _progress(len(todo), progress, what)
         shards = [todo[s : s + SHARD_CLIPS] for s in range(0, len(todo), SHARD_CLIPS)]
         batches = [sh[b : b + batch_size] for sh in shards for b in range(0, len(sh), batch_size)]
 
         def load(batch: List[str]) -> List[np.ndarray]:
-            return [load_clip(paths_by_hash[h], sample_rate, max_seconds, crop_where) for h in batch]
+            return [load_clip(paths_by_hash[h], sample_rate, max_seconds, crop_where, speed=speed) for h in batch]
 
         loaded = _prefetch(batches, load)  # the next batch is decoded while this one is encoded
         for shard_hashes in shards:

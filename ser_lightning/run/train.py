@@ -36,7 +36,7 @@ class RunConflictError(RuntimeError):
 # sections added to the schema after runs existed: left out of a run's identity while at their default, so a
 # run from before them (it ran with that default) keeps its config_hash and resumes / is reused as it is
 IDENTITY_DEFAULTS = {"ensemble": {"members": 1}, "data.subset_seed": None, "model.context": "none",
-                     "model.context_layers": 1}
+                     "model.context_layers": 1, "data.speed_perturb": []}
 
 
 def config_hash(cfg: DictConfig) -> str:
