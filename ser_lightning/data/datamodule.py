@@ -194,7 +194,8 @@ class SpeedPerturbBatchSampler(Sampler[List[Tuple[int, int]]]):
     """Training batches of (clip, version) pairs: the batches of `batches` (a LengthBucketBatchSampler), each clip
     drawn at one of `versions` speeds (0 = unperturbed), uniformly and independently, seeded by (seed, epoch,
     rank): every epoch sees every training clip once, at a fresh speed, so an epoch costs what it did without
-    perturbation. Lightning calls set_epoch on it like on any batch sampler."""
+    perturbation. run/callbacks.ReproducibleSteps calls set_epoch at every epoch start (a resumed run redraws the
+    same speeds)."""
 
     def __init__(self, batches: LengthBucketBatchSampler, versions: int, seed: int = 0) -> None:
         self.batches, self.versions, self.seed = batches, versions, seed
@@ -230,10 +231,9 @@ class SERDataModule(L.LightningDataModule):
         self.table: Optional[UtteranceTable] = None
         self.split: Optional[FoldSplit] = None
         self.splits: Dict[str, Any] = {}
-        self.cache: Optional[FeatureCache] = None
-        # data.speed_perturb: training clips are also drawn at these speeds (each from its own cache)
+        # data.speed_perturb: training clips are also drawn at these speeds, each from a cache of its own
         self.speeds: List[float] = [float(x) for x in (self.cfg.get("speed_perturb") or [])]
-        self._speed_caches: Dict[float, FeatureCache] = {}
+        self._caches: Dict[float, FeatureCache] = {}  # speed -> cache (1.0: the clips themselves)
         self._datasets: Dict[str, Dataset] = {}
         self._speaker_ids: Optional[List[str]] = None
 
@@ -266,22 +266,16 @@ class SERDataModule(L.LightningDataModule):
 
     def open_cache(self, speed: float = 1.0) -> FeatureCache:
         """The feature cache of the unperturbed clips, or (speed != 1) of their speed-perturbed copies."""
-        if speed == 1.0 and self.cache is not None:
-            return self.cache
-        if speed in self._speed_caches:
-            return self._speed_caches[speed]
+        if speed in self._caches:
+            return self._caches[speed]
         enc = self.encoder
-        cache = cache_for(
+        self._caches[speed] = cache_for(
             self.features.cache_dir, enc.fingerprint, {"n_mels": enc.num_mel_bins, "frontend": "whisper-logmel-v1"},
             self.features.policy.name, float(self.cfg["max_seconds"]), self.cfg["crop"],
             dtype=self.features.cache_dtype, verify=self.features.verify, sample_rate=int(self.cfg["sample_rate"]),
             verify_layers=self.features.layers, speed=speed,
         )  # fmt: skip
-        if speed == 1.0:
-            self.cache = cache
-        else:
-            self._speed_caches[speed] = cache
-        return cache
+        return self._caches[speed]
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
@@ -293,7 +287,7 @@ class SERDataModule(L.LightningDataModule):
     def fill(self, paths_by_hash: Dict[str, str], durations: Dict[str, float]) -> None:
         """Encode what the caches lack: the clips, and with data.speed_perturb their copies at every speed (all
         clips: each is a training clip in some fold, so one pass serves every fold and ensemble member)."""
-        for speed in [1.0] + self.speeds:
+        for speed in self._speeds("train"):
             fill_cache(
                 self.open_cache(speed), self.encoder, paths_by_hash, durations, self.features.layers,
                 self.features.policy, sample_rate=int(self.cfg["sample_rate"]), max_seconds=float(self.cfg["max_seconds"]),
@@ -303,7 +297,7 @@ class SERDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:
             if self.features.cached:  # DDP: rank 0 may have filled the cache (prepare_data) since the first setup
-                for speed in [1.0] + self.speeds:
+                for speed in self._speeds("train"):
                     self.open_cache(speed).refresh()
             return
         table = self._table()
@@ -323,7 +317,7 @@ class SERDataModule(L.LightningDataModule):
             self.splits[name] = ds.select(rows)
         self._check_splits()
         if self.features.cached:
-            for speed in [1.0] + self.speeds:
+            for speed in self._speeds("train"):
                 self.open_cache(speed).refresh()
 
     def _check_splits(self) -> None:
