@@ -6,7 +6,7 @@ RAVDESS ?= ../shared/corpora/ravdess
 ENCODER ?= ../shared/models/whisper-base-encoder
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint demo cv-demo sweep-demo report-demo bench clean
+.PHONY: help install test test-slow test-all demo clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,7 +28,8 @@ test-all: ## every test
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "slow or not slow"
 
 demo: ## one fold on RAVDESS with whisper-base on the CPU (README quickstart)
-	$(BIN)/ser train data=ravdess data.root=$(RAVDESS) data.fold=1 model.encoder=$(ENCODER) model.layer=6 model.pooling=qkv output_dir=runs/demo
+	OMP_NUM_THREADS=1 $(BIN)/ser train data=ravdess data.root=$(RAVDESS) data.fold=1 model.encoder=$(ENCODER) \
+		model.layer=5 model.input_seconds=clip model.pooling=qkv output_dir=runs/quickstart
 
 clean: ## remove run folders and caches (not the venv)
 	rm -rf runs .ser_cache .pytest_cache
