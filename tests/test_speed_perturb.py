@@ -1,5 +1,8 @@
 """data.speed_perturb: speed-perturbed training clips from caches of their own; validation / test never perturbed."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -131,3 +134,22 @@ def test_ser_train_with_speed_perturb_and_unchanged_identity_without(tmp_path, r
     with open_dict(older):
         del older.data["speed_perturb"]
     assert config_hash(plain) == config_hash(older) != config_hash(cfg)
+
+
+def test_ser_cache_fills_every_speed(tmp_path, ravdess_root):
+    from ser_lightning.run.cache import cache_command
+
+    cfg = compose([
+        "data=ravdess", f"data.root={ravdess_root}", "data.limit_per_class=2", "model.encoder=random:test",
+        "model.input_seconds=clip", "data.speed_perturb=[0.9,1.1]", f"cache.dir={tmp_path / 'cache'}",
+        f"data.table_cache_dir={tmp_path / 'tables'}",
+    ])  # fmt: skip
+    info = cache_command(cfg)
+    assert sorted(info["speed_caches"]) == ["0.9", "1.1"]
+    folders = {1.0: Path(info["cache_dir"]), **{float(k): Path(v) for k, v in info["speed_caches"].items()}}
+    assert len(set(folders.values())) == 3
+    for speed, folder in folders.items():
+        settings = json.loads((folder / "settings.json").read_text())
+        assert settings.get("speed", 1.0) == speed
+        clips = sum(len(json.loads(p.read_text())["hashes"]) for p in folder.glob("shard-*/index.json"))
+        assert clips == info["clips"] == 16  # 8 classes x 2: every clip at every speed
