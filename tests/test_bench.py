@@ -245,3 +245,40 @@ def test_probe_clip_means_per_speaker_normalisation():
                 np.testing.assert_allclose(got[k][i], want, rtol=1e-5, atol=1e-5)
     plain = probe.clip_means(Cache(), list(clips), [1])
     np.testing.assert_allclose(plain[1][0], clips["h0"].mean(0), rtol=1e-6)
+
+
+def test_probe_clip_statistics_mean_and_std():
+    """--stats meanstd: a clip's features are the mean and then the std of its frames (hand-computed), also under
+    speaker normalisation (std of standardised frames = clip std / speaker std)."""
+    rng = np.random.default_rng(4)
+    clips = {f"h{i}": rng.normal(size=(6 + i, 3)) * (1 + i) for i in range(4)}
+    speakers = ["a", "b", "a", "b"]
+
+    class Cache:
+        def get(self, h, k):
+            return clips[h] + k
+
+    got = probe.clip_means(Cache(), list(clips), [2], with_std=True)[2]
+    assert got.shape == (4, 6)
+    for i in range(4):
+        c = clips[f"h{i}"] + 2
+        np.testing.assert_allclose(got[i], np.concatenate([c.mean(0), c.std(0)]), rtol=1e-5)
+    spk = probe.clip_means(Cache(), list(clips), [2], speakers, with_std=True)[2]
+    frames_a = np.concatenate([clips["h0"] + 2, clips["h2"] + 2])
+    standardised = (clips["h2"] + 2 - frames_a.mean(0)) / frames_a.std(0)
+    np.testing.assert_allclose(spk[2], np.concatenate([standardised.mean(0), standardised.std(0)]), rtol=1e-5, atol=1e-6)
+
+
+def test_probe_concatenated_layers_row(emobox_ravdess, tmp_path):
+    """--concat: one more row, the requested layers' clip statistics side by side, probed like a layer."""
+    cfg = compose(["data=emobox", f"data.root={emobox_ravdess}", "data.val_speakers=1", "model.encoder=random:test",
+                   "model.layers=[1,2]", f"cache.dir={tmp_path / 'cache'}", f"data.table_cache_dir={tmp_path / 't'}"])  # fmt: skip
+    res = probe.run_probe(cfg, ["clip"], c_grid=[0.01, 1.0], reference="clip", stats="meanstd", concat=True)
+    assert res["layers"] == [1, 2, "1+2"] and res["stats"] == "meanstd"
+    joined = res["policies"]["clip"]["layers"]["1+2"]
+    assert len(joined["folds"]) == 6 and joined["ua"]["mean"] > 0.5  # chance is 0.25
+    md = probe.format_probe(res)
+    assert "L1+2 UA" in md and "mean and std" in md and "concatenated" in md
+    json.dumps(res)
+    with pytest.raises(ValueError, match="stats"):
+        probe.run_probe(cfg, ["clip"], stats="max")

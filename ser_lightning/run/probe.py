@@ -30,21 +30,32 @@ DEFAULT_C = (0.001, 0.01, 0.1, 1.0)
 
 
 def clip_means(cache: Any, hashes: Sequence[str], layers: Sequence[int],
-               speakers: Optional[Sequence[str]] = None) -> Dict[int, np.ndarray]:  # fmt: skip
-    """layer -> (N, D) float32: the mean over each clip's cached frames (its own audio only). With `speakers`
+               speakers: Optional[Sequence[str]] = None, with_std: bool = False) -> Dict[int, np.ndarray]:  # fmt: skip
+    """layer -> (N, D) float32: the mean over each clip's cached frames (its own audio only); with_std: (N, 2D),
+    the mean and then the std over the clip's frames (statistics pooling). With `speakers`
     (model.feature_norm=speaker): frames standardised first with the mean / std over all frames of the clip's
-    speaker, as the head does; the mean of standardised frames is (clip mean - speaker mean) / speaker std."""
+    speaker, as the head does; the mean of standardised frames is (clip mean - speaker mean) / speaker std, their
+    std is clip std / speaker std."""
     out = {}
     for k in layers:
         clips = [np.asarray(cache.get(h, k), dtype=np.float64) for h in hashes]
         means = np.stack([c.mean(0) for c in clips])
+        stds = np.stack([c.std(0) for c in clips]) if with_std else None
         if speakers is not None:
             spk = np.asarray(speakers)
             for s in np.unique(spk):
                 frames = np.concatenate([clips[i] for i in np.flatnonzero(spk == s)])
-                means[spk == s] = (means[spk == s] - frames.mean(0)) / np.maximum(frames.std(0), 1e-5)
-        out[k] = means.astype(np.float32)
+                scale = np.maximum(frames.std(0), 1e-5)
+                means[spk == s] = (means[spk == s] - frames.mean(0)) / scale
+                if stds is not None:
+                    stds[spk == s] = stds[spk == s] / scale
+        out[k] = (means if stds is None else np.concatenate([means, stds], 1)).astype(np.float32)
     return out
+
+
+def layers_key(layers: Sequence[int]) -> str:
+    """The name of the concatenation of several layers in probe results (`--concat`): '3+4+5+6'."""
+    return "+".join(str(k) for k in layers)
 
 
 def probe_fold(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray, test: np.ndarray,
@@ -88,8 +99,12 @@ def mean_std(values: List[float]) -> Dict[str, float]:
 
 def run_probe(cfg: Any, policies: Sequence[str], c_grid: Sequence[float] = DEFAULT_C, fill: bool = True,
               encoder: Any = None, folds: Optional[Sequence[int]] = None, reference: str = "30",
-              tolerance: float = 0.5) -> Dict[str, Any]:  # fmt: skip
-    """UA / WA (mean ± std over folds) per policy and layer, plus the policy frontier per layer."""
+              tolerance: float = 0.5, stats: str = "mean", concat: bool = False) -> Dict[str, Any]:  # fmt: skip
+    """UA / WA (mean ± std over folds) per policy and layer, plus the policy frontier per layer.
+    stats: 'mean' (a clip = the mean of its frames) or 'meanstd' (mean and std). concat: also probe every
+    requested layer's clip features concatenated into one vector (a row named by layers_key, e.g. '3+4+5+6')."""
+    if stats not in ("mean", "meanstd"):
+        raise ValueError(f"probe stats={stats!r}: use mean or meanstd")
     import copy
 
     import torch
@@ -108,8 +123,9 @@ def run_probe(cfg: Any, policies: Sequence[str], c_grid: Sequence[float] = DEFAU
     layers = encoder.resolve_layers(layer_list(cfg.model.layers, cfg.model.layer))
     speaker_norm = cfg.model.feature_norm == "speaker"
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    results: Dict[str, Any] = {"encoder": encoder.source, "fingerprint": encoder.fingerprint, "layers": layers,
-                               "C_grid": list(c_grid), "policies": {}, "seed": cfg.seed,
+    rows: List[Any] = list(layers) + ([layers_key(layers)] if concat and len(layers) > 1 else [])
+    results: Dict[str, Any] = {"encoder": encoder.source, "fingerprint": encoder.fingerprint, "layers": rows,
+                               "C_grid": list(c_grid), "policies": {}, "seed": cfg.seed, "stats": stats,
                                "feature_norm": "speaker" if speaker_norm else "standardize"}  # fmt: skip
     table = None
     splits = None
@@ -146,9 +162,12 @@ def run_probe(cfg: Any, policies: Sequence[str], c_grid: Sequence[float] = DEFAU
             dm.fill(dict(zip(hashes, ds["path"])), dict(zip(hashes, ds["duration"])))
             cache.refresh()
         start = time.perf_counter()
-        means = clip_means(cache, hashes, layers, speakers if speaker_norm else None)
+        means: Dict[Any, np.ndarray] = clip_means(cache, hashes, layers, speakers if speaker_norm else None,
+                                                  with_std=stats == "meanstd")  # fmt: skip
+        if len(rows) > len(layers):
+            means[rows[-1]] = np.concatenate([means[k] for k in layers], 1)  # (N, L * D) or (N, L * 2D)
         per_layer = {}
-        for k in layers:
+        for k in rows:
             # one BLAS / OpenMP thread: these fits are tiny, and on a busy machine the default thread pools
             # spin against each other (measured 15-30x slower on the shared 2-core CPU)
             with threadpool_limits(1):
@@ -161,7 +180,7 @@ def run_probe(cfg: Any, policies: Sequence[str], c_grid: Sequence[float] = DEFAU
         mean_input_s = float(np.mean([policy.input_samples(int(min(d, cfg.data.max_seconds) * 16000)) for d in durations])) / 16000
         results["policies"][policy.name] = {"layers": per_layer, "cache": str(cache.dir), "probe_s": time.perf_counter() - start,
                                             "mean_input_s": mean_input_s}  # fmt: skip
-        print(f"[ser probe] {policy.name}: " + "  ".join(f"L{k} {100 * per_layer[k]['ua']['mean']:.1f}" for k in layers)
+        print(f"[ser probe] {policy.name}: " + "  ".join(f"L{k} {100 * per_layer[k]['ua']['mean']:.1f}" for k in rows)
               + f"  ({results['policies'][policy.name]['probe_s']:.1f} s)", file=sys.stderr)  # fmt: skip
     results["corpus"] = table.corpus.name if table else None
     results["folds"] = list(splits) if splits else []
@@ -217,9 +236,12 @@ def format_probe(results: Dict[str, Any], throughput: Optional[Dict[str, float]]
     head = "| policy | mean input (s) | " + " | ".join(f"L{k} UA" for k in layers)
     norm = ("frames standardised per SPEAKER (model.feature_norm=speaker; speaker-adaptive)"
             if results.get("feature_norm") == "speaker" else "standardised")  # fmt: skip
+    pooled = "mean and std" if results.get("stats") == "meanstd" else "mean"
+    joined = [k for k in layers if isinstance(k, str)]
+    pooled += f"; L{joined[0]}: those layers' features concatenated" if joined else ""
     head += " | clips/s |" if throughput else " |"
     lines = [
-        f"Linear probe (masked mean of one layer, {norm}, logistic regression, C in {results['C_grid']} chosen on "
+        f"Linear probe (masked {pooled} of one layer, {norm}, logistic regression, C in {results['C_grid']} chosen on "
         f"validation speakers), `{results['encoder']}` on {results['corpus']}, folds {results['folds']}: test UA "
         "mean ± std (ddof=1) over folds, percent.",
         "",
@@ -255,6 +277,10 @@ def _add_options(p: argparse.ArgumentParser, late: bool = False) -> None:
     p.add_argument("--tolerance", type=float, default=d(0.5), help="UA points a cheaper policy may lose (default 0.5)")
     p.add_argument("--no-fill", action="store_true", default=d(False), help="fail instead of encoding clips missing from the cache")
     p.add_argument("--write", default=d(None), help="also append the table to this markdown file")
+    p.add_argument("--stats", default=d("mean"), choices=("mean", "meanstd"),
+                   help="clip features: the mean of its frames (default) or their mean and std")
+    p.add_argument("--concat", action="store_true", default=d(False),
+                   help="also probe all requested layers concatenated into one feature vector")
 
 
 def add_subcommand(sub: argparse._SubParsersAction):
@@ -274,7 +300,7 @@ def add_subcommand(sub: argparse._SubParsersAction):
         policies = [x.strip() for x in (args.policies or str(cfg.model.input_seconds)).split(",") if x.strip()]
         c_grid = [float(x) for x in args.C.split(",") if x.strip()]
         results = run_probe(cfg, policies, c_grid, fill=not args.no_fill, reference=args.reference,
-                            tolerance=args.tolerance)  # fmt: skip
+                            tolerance=args.tolerance, stats=args.stats, concat=args.concat)  # fmt: skip
         text = format_probe(results)
         out = Path(cfg.output_dir)
         atomic_write_json(out / "probe.json", results)
