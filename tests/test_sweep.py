@@ -139,26 +139,27 @@ def test_paper_experiments_compose():
 
 def test_ravdess_presets_compose_to_the_runs_they_report():
     """configs/experiment/ravdess_*.yaml: the configurations chosen on validation speakers (README results)."""
-    expected = {  # pooling, layers, feature_norm, temporal context, heads per fold (ensemble.members)
-        "ravdess_mean": ("mean", [4], "standardize", "none", 5),
-        "ravdess_attentive": ("attentive", [3], "standardize", "none", 5),
-        "ravdess_qkv": ("qkv", [3], "standardize", "none", 5),
-        "ravdess_best": ("mean", [3, 4, 5, 6], "standardize", "transformer", 5),
+    expected = {  # pooling, layers, feature_norm, temporal context, heads per fold, speed perturbation, epochs
+        "ravdess_mean": ("mean", [4], "standardize", "none", 5, [], 10),
+        "ravdess_attentive": ("attentive", [3], "standardize", "none", 5, [], 10),
+        "ravdess_qkv": ("qkv", [3], "standardize", "none", 5, [], 10),
+        "ravdess_best": ("mean", [3, 4, 5, 6], "standardize", "none", 5, [0.9, 1.1], 20),
         # the speaker-adaptive protocol (model.feature_norm=speaker), chosen the same way
-        "ravdess_speaker_mean": ("mean", [4], "speaker", "none", 1),
-        "ravdess_speaker_attentive": ("attentive", [4], "speaker", "none", 1),
-        "ravdess_speaker_qkv": ("qkv", [4], "speaker", "none", 1),
-        "ravdess_speaker_best": ("mean", [3, 4, 5, 6], "speaker", "none", 1),
+        "ravdess_speaker_mean": ("mean", [4], "speaker", "none", 1, [], 10),
+        "ravdess_speaker_attentive": ("attentive", [4], "speaker", "none", 1, [], 10),
+        "ravdess_speaker_qkv": ("qkv", [4], "speaker", "none", 1, [], 10),
+        "ravdess_speaker_best": ("mean", [3, 4, 5, 6], "speaker", "none", 1, [], 10),
     }
     from ser_lightning.models.module import layer_list
 
-    for name, (pooling, layers, norm, context, members) in expected.items():
+    for name, (pooling, layers, norm, context, members, speeds, epochs) in expected.items():
         cfg = compose([f"experiment={name}"])
         assert cfg.experiment == name and cfg.data.name == "ravdess" and cfg.data.num_folds is None
         assert cfg.model.pooling == pooling and layer_list(cfg.model.layers, cfg.model.layer) == layers
         assert cfg.model.context == context and cfg.ensemble.members == members
         assert norm is None or cfg.model.feature_norm == norm
-        assert cfg.model.input_seconds == "10" and cfg.trainer.max_epochs == 10
+        assert list(cfg.data.speed_perturb) == speeds and cfg.trainer.max_epochs == epochs
+        assert cfg.model.input_seconds == "10"
         assert (cfg.model.heads, cfg.model.head_dim, cfg.model.proj_dim) == (6, 4, 256)
         # the regularisers that raised every preset's validation UA
         assert cfg.model.feature_dropout == pytest.approx(0.2) and cfg.optim.label_smoothing == pytest.approx(0.1)
