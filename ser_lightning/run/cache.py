@@ -37,7 +37,9 @@ def cache_command(cfg: DictConfig, encoder=None) -> dict:
     print(f"[ser] cache ready: {info['clips']} clips x layers {layers} in {cache.dir} "
           f"({info['bytes'] / 2**20:.1f} MiB, {info['seconds']} s)")  # fmt: skip
     if dm.speeds:  # data.speed_perturb: every clip's perturbed copies, one cache per speed
-        info["speed_caches"] = {str(s): str(dm.open_cache(s).dir) for s in dm.speeds}
-        for s in dm.speeds:
-            print(f"[ser] speed {s:g} copies in {dm.open_cache(s).dir} ({dm.open_cache(s).size_bytes() / 2**20:.1f} MiB)")
+        info["speed_caches"] = {}
+        for speed in dm.speeds:
+            copies = dm.open_cache(speed)
+            info["speed_caches"][str(speed)] = str(copies.dir)
+            print(f"[ser] speed {speed:g} copies in {copies.dir} ({copies.size_bytes() / 2**20:.1f} MiB)")
     return info
