@@ -278,7 +278,7 @@ def test_probe_concatenated_layers_row(emobox_ravdess, tmp_path):
     joined = res["policies"]["clip"]["layers"]["1+2"]
     assert len(joined["folds"]) == 6 and joined["ua"]["mean"] > 0.5  # chance is 0.25
     md = probe.format_probe(res)
-    assert "L1+2 UA" in md and "mean and std" in md and "concatenated" in md
+    assert "L1+2 UA" in md and "mean and std of one layer; L1+2: those layers" in md
     json.dumps(res)
     with pytest.raises(ValueError, match="stats"):
         probe.run_probe(cfg, ["clip"], stats="max")

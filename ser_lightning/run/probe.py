@@ -238,10 +238,10 @@ def format_probe(results: Dict[str, Any], throughput: Optional[Dict[str, float]]
             if results.get("feature_norm") == "speaker" else "standardised")  # fmt: skip
     pooled = "mean and std" if results.get("stats") == "meanstd" else "mean"
     joined = [k for k in layers if isinstance(k, str)]
-    pooled += f"; L{joined[0]}: those layers' features concatenated" if joined else ""
+    concat = f"; L{joined[0]}: those layers' features side by side" if joined else ""
     head += " | clips/s |" if throughput else " |"
     lines = [
-        f"Linear probe (masked {pooled} of one layer, {norm}, logistic regression, C in {results['C_grid']} chosen on "
+        f"Linear probe (masked {pooled} of one layer{concat}, {norm}, logistic regression, C in {results['C_grid']} chosen on "
         f"validation speakers), `{results['encoder']}` on {results['corpus']}, folds {results['folds']}: test UA "
         "mean ± std (ddof=1) over folds, percent.",
         "",
