@@ -71,18 +71,17 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def _register_optional(sub: argparse._SubParsersAction) -> None:
-    """Subcommands that live in their own job modules (each adds its own arguments)."""
+# subcommands that live in their own job modules: each module's add_subcommand(sub) adds its parser and returns
+# its handler. Listed explicitly: an import error in one of them is an error, never a silently missing command.
+JOB_MODULES = ("cv", "sweep", "report", "predict", "bench", "export", "probe")
+
+
+def _register_jobs(sub: argparse._SubParsersAction) -> None:
     import importlib
 
-    for name in ("cv", "sweep", "report", "predict", "bench", "export", "probe"):
-        try:
-            mod = importlib.import_module(f"ser_lightning.run.{name}")
-        except ImportError:
-            continue
-        add = getattr(mod, "add_subcommand", None)
-        if add is not None:
-            COMMANDS[name] = add(sub)
+    for name in JOB_MODULES:
+        module = importlib.import_module(f"ser_lightning.run.{name}")
+        COMMANDS[name] = module.add_subcommand(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,14 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["stats", "list"])
     p.add_argument("--json", default=None, help="where to write the stats JSON (default output_dir/data_stats.json)")
     p.add_argument("overrides", nargs="*", help=overrides_help)
-    _register_optional(sub)
+    _register_jobs(sub)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ser_lightning.data.audio import BadAudioError
+    from ser_lightning.audio import BadAudioError
     from ser_lightning.data.folds import FoldError
 
     try:

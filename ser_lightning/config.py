@@ -19,11 +19,15 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationEr
 GROUPS = ("data", "model", "trainer", "experiment")
 
 
-def _f(default: Any, help: str, factory: Any = None) -> Any:
-    """A dataclass field with a help string (shown by `ser config --help-fields`)."""
+def _f(default: Any, help: str, factory: Any = None, later: bool = False) -> Any:
+    """A dataclass field with a help string (shown by `ser config --fields`).
+
+    later=True: the field was added after runs existed; while it sits at its default it is left out of a run's
+    identity (run/rundir.config_hash), so older runs (which ran with that default) keep theirs."""
+    metadata = {"help": help, "later": later}
     if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -44,10 +48,10 @@ class DataConfig:
     crop: str = _f("center", "Where to crop long clips: start or center.")
     on_bad_audio: str = _f("error", "error: stop naming the file and problem; skip: drop it, count it, list it in bad_audio.json.")
     min_seconds: float = _f(0.1, "Clips shorter than this are bad input.")
-    speed_perturb: List[float] = _f(None, "Speed perturbation of TRAINING clips, e.g. [0.9, 1.1] (Kaldi/sox speed: tempo and pitch x factor): every epoch each training clip is read at 1.0 or one of these speeds, uniformly at random (same cost per epoch). The perturbed copies are encoded once into caches of their own; validation and test clips are never perturbed. [] = off.", factory=list)
+    speed_perturb: List[float] = _f(None, "Speed perturbation of TRAINING clips, e.g. [0.9, 1.1] (Kaldi/sox speed: tempo and pitch x factor): every epoch each training clip is read at 1.0 or one of these speeds, uniformly at random (same cost per epoch). The perturbed copies are encoded once into caches of their own; validation and test clips are never perturbed. [] = off.", factory=list, later=True)
     limit_per_class: Optional[int] = _f(None, "Debug: keep at most N clips per class (seeded).")
     max_samples: Optional[int] = _f(None, "Debug: keep at most N clips in total (seeded, stratified by class).")
-    subset_seed: Optional[int] = _f(None, "Seed of the debug subsets (limit_per_class, max_samples); None = the run's seed. Ensemble members get their ensemble's, so they share the clips.")
+    subset_seed: Optional[int] = _f(None, "Seed of the debug subsets (limit_per_class, max_samples); None = the run's seed. Ensemble members get their ensemble's, so they share the clips.", later=True)
     table_cache_dir: str = _f(".ser_cache/tables", "Where the Arrow utterance tables are stored (built once in prepare_data).")
     # corpus-specific knobs (ignored by corpora that do not use them)
     subset: str = _f("improvised", "IEMOCAP: improvised (paper), scripted or all.")
@@ -66,13 +70,16 @@ class ModelConfig:
     encoder: str = _f(MISSING, "Whisper encoder: hub id (openai/whisper-small), local folder, or random:<tiny|base|small|medium|large-v3|test>.")
     layer: int = _f(-1, "Encoder block whose output is used, 1..L (-1 = last, L). hidden_states[k] in transformers.")
     layers: Optional[List[int]] = _f(None, "Several blocks to fuse (overrides layer), e.g. [3,4,5,6].")
-    fusion: str = _f("weighted", "How `layers` are fused: weighted (learned softmax sum, SUPERB) or conv (Qieemo-style).")
+    fusion: str = _f("weighted", "How `layers` are fused: weighted (learned softmax sum, SUPERB), conv (Qieemo's multi-block fusion), cma (the fused layers attend to model.cma_layers: Qieemo's cross-layer attention).")
     fusion_layernorm: bool = _f(True, "LayerNorm each fused layer before mixing.")
+    cma_layers: Optional[List[int]] = _f(None, "model.fusion=cma: encoder layers of the key/value ('linguistic') stream the fused model.layers attend to; None = the last layer. Cached like any layer.", later=True)
+    cma_heads: int = _f(4, "model.fusion=cma: attention heads of the cross-layer attention.", later=True)
+    cma_query_fusion: str = _f("conv", "model.fusion=cma: how several model.layers fuse into the query stream: conv (Qieemo's MMF) or weighted.", later=True)
     feature_norm: str = _f("none", "none; standardize: per-channel mean/std of each layer over the training split's frames (computed once per fold from the feature cache, stored in the head), applied before the projector. Whisper's residual stream has outlier channels (whisper-base layers 4-5: one ~40x the median RMS). speaker: per-speaker standardisation: every clip is normalised with the mean/std of ITS OWN speaker's clips (training, validation and test speakers alike; labels never used). A speaker-adaptive protocol: at inference it needs unlabelled clips of the speaker (`ser predict` groups clips by a manifest's speaker column); README 'Speaker normalisation'.")
     input_seconds: str = _f("10", "Encoder input length: seconds to pad each clip to (default '10': probe UA as good as 30 s at every whisper-base layer, 3.5x cheaper), '30' (the paper), or 'clip' (own length, masked; ~10x cheaper than 30, as good except at the last layer).")
     pooling: str = _f("qkv", "Pooling: mean, stats (mean + std), attentive, qkv, attentive_stats, learned_query.")
-    context: str = _f("none", "Temporal context between projector and pooling: none (the paper), conv (residual 1-D convolutions over time, kernel 5), transformer (pre-norm Transformer encoder layers, 4 heads, padded keys masked). Padding-invariant either way.")
-    context_layers: int = _f(1, "Layers of model.context.")
+    context: str = _f("none", "Temporal context between projector and pooling: none (the paper), conv (residual 1-D convolutions over time, kernel 5), transformer (pre-norm Transformer encoder layers, 4 heads, padded keys masked). Padding-invariant either way.", later=True)
+    context_layers: int = _f(1, "Layers of model.context.", later=True)
     heads: int = _f(6, "Pooling heads (paper: ShEMO 6, IEMOCAP 12).")
     head_dim: int = _f(4, "Per-head hidden size (paper: 4).")
     num_queries: int = _f(4, "learned_query pooling: number of learned queries.")
@@ -152,7 +159,7 @@ class SERConfig:
     cache: CacheConfig = _f(None, "Feature cache.", factory=CacheConfig)
     wandb: WandbConfig = _f(None, "Weights & Biases logging.", factory=WandbConfig)
     cv: CVConfig = _f(None, "Cross-validation.", factory=CVConfig)
-    ensemble: EnsembleConfig = _f(None, "Several heads per fold, averaged.", factory=EnsembleConfig)
+    ensemble: EnsembleConfig = _f(None, "Several heads per fold, averaged.", factory=EnsembleConfig, later=True)
     seed: int = _f(0, "Seed for everything seedable (data draws, init, shuffling).")
     output_dir: str = _f("runs/default", "Run folder: results.json, config.yaml, checkpoints, reports.")
     monitor: str = _f("val/ua", "Metric that selects the checkpoint (on validation speakers only).")
@@ -245,11 +252,6 @@ _CHOICES = {
     "data.on_bad_audio": ("error", "skip"),
     "data.crop": ("start", "center"),
     "data.subset": ("improvised", "scripted", "all"),
-    "model.fusion": ("weighted", "conv"),
-    "model.feature_norm": ("none", "standardize", "speaker"),
-    "model.context": ("none", "conv", "transformer"),
-    "cache.dtype": ("fp16", "fp32"),
-    "model.encoder_dtype": ("auto", "fp32", "bf16", "fp16"),
     "monitor_mode": ("max", "min"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
 }
@@ -261,18 +263,26 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of: {', '.join(choices)}")
-    from ser_lightning.models.pooling import POOLINGS  # local import: config stays light
+    # the model's choice lists come from the modules that implement them (local imports: config stays light)
+    from ser_lightning.features.cache import DTYPES
+    from ser_lightning.features.encoder import DTYPE_NAMES
+    from ser_lightning.features.frontend import LengthPolicy
+    from ser_lightning.models.context import CONTEXTS
+    from ser_lightning.models.fusion import FUSIONS, QUERY_FUSIONS
+    from ser_lightning.models.head import FEATURE_NORMS
+    from ser_lightning.models.pooling import POOLINGS
 
-    if cfg.model.pooling not in POOLINGS:
-        raise ConfigError(f"model.pooling={cfg.model.pooling!r} is not one of: {', '.join(sorted(POOLINGS))}")
-    policy = str(cfg.model.input_seconds)
-    if policy != "clip":
-        try:
-            seconds = float(policy)
-        except ValueError:
-            raise ConfigError(f"model.input_seconds={policy!r}: use 'clip', '30' or a number of seconds") from None
-        if not 0 < seconds <= 30:
-            raise ConfigError(f"model.input_seconds={policy!r}: must be in (0, 30] (Whisper's window is 30 s)")
+    for key, choices in (("model.pooling", POOLINGS), ("model.fusion", FUSIONS), ("model.cma_query_fusion", QUERY_FUSIONS),
+                         ("model.context", CONTEXTS),
+                         ("model.feature_norm", FEATURE_NORMS), ("model.encoder_dtype", ("auto", *DTYPE_NAMES)),
+                         ("cache.dtype", DTYPES)):  # fmt: skip
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of: {', '.join(sorted(choices))}")
+    try:
+        LengthPolicy.parse(cfg.model.input_seconds)  # the parser the encoder uses: what it accepts is valid
+    except ValueError as e:
+        raise ConfigError(f"model.{e}") from None
     if cfg.data.fold < 1:
         raise ConfigError(f"data.fold={cfg.data.fold}: folds are 1-based")
     speeds = list(cfg.data.speed_perturb or [])
@@ -282,7 +292,7 @@ def validate(cfg: DictConfig) -> None:
                           "(1.0, the clip itself, is always drawn too), e.g. [0.9, 1.1]")  # fmt: skip
     if cfg.ensemble.members < 1:
         raise ConfigError(f"ensemble.members={cfg.ensemble.members}: need at least 1 head per fold")
-    for name in ("heads", "head_dim", "proj_dim", "context_layers"):
+    for name in ("heads", "head_dim", "proj_dim", "context_layers", "cma_heads"):
         if getattr(cfg.model, name) < 1:
             raise ConfigError(f"model.{name} must be >= 1")
 

@@ -273,3 +273,16 @@ def log_report_run(out_dir: Path, title: str, images: Mapping[str, Path], tables
     where = run.url if mode == "online" else str(Path(run.dir).parent)
     run.finish()
     return where
+
+
+def finish_logger(logger: Any) -> None:
+    """Close the W&B run a Lightning WandbLogger opened (a no-op for other loggers or when none was started)."""
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            import wandb
+
+            wandb.finish()
+    except Exception:
+        pass

@@ -10,7 +10,7 @@ import fakes
 import numpy as np
 import pytest
 
-from ser_lightning.data.audio import ZIP_SEPARATOR, BadAudioError, crop, decode, wav_truncation
+from ser_lightning.audio import ZIP_SEPARATOR, BadAudioError, crop, decode, wav_truncation
 from ser_lightning.data.table import BadAudioReport, build_table
 
 

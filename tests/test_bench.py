@@ -120,9 +120,10 @@ def test_options_may_follow_the_overrides():
     import argparse
 
     from ser_lightning.cli import build_parser
+    from ser_lightning.run.options import merge_late_options
 
     args = build_parser().parse_args(["bench", "model.encoder=random:test", "--clips", "5", "--no-write"])
-    args = bench.parse_late_options(args, bench._add_options)
+    args = merge_late_options(args, bench.add_options)
     assert args.clips == 5 and args.no_write and args.overrides == ["model.encoder=random:test"]
     assert args.parts == "encode,cache"  # defaults stay
     assert isinstance(args, argparse.Namespace)

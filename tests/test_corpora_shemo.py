@@ -7,7 +7,7 @@ import zipfile
 import fakes
 import pytest
 
-from ser_lightning.data.audio import ZIP_SEPARATOR, decode
+from ser_lightning.audio import ZIP_SEPARATOR, decode
 from ser_lightning.data.corpora import shemo
 from ser_lightning.data.folds import check_independence, make_split
 from ser_lightning.data.table import build_table, load_corpus

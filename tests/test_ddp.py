@@ -26,7 +26,8 @@ def _shared(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("feature_norm", ["none", "speaker"])
 def test_ddp_two_processes_count_every_clip_once(tmp_path, tmp_path_factory, ravdess_root, random_encoder, feature_norm):
     """feature_norm=speaker: every rank computes all speakers' statistics itself (test-only runs included)."""
-    from ser_lightning.run.train import build, train
+    from ser_lightning.run.build import build_training
+    from ser_lightning.run.train import train
 
     shared = _shared(tmp_path_factory)
     overrides = [
@@ -39,7 +40,7 @@ def test_ddp_two_processes_count_every_clip_once(tmp_path, tmp_path_factory, rav
     ]  # fmt: skip
     cfg = compose(overrides)
     single = train(cfg, encoder=random_encoder)  # one process, in-process
-    _, dm, _ = build(cfg, encoder=random_encoder)
+    _, dm, _ = build_training(cfg, encoder=random_encoder)
     n_split = len(dm.splits["test"])
     assert single["n_test"] == n_split > 0
 

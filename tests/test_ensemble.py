@@ -92,8 +92,8 @@ def test_member_zero_is_the_single_head_run_and_the_fold_is_their_mean(ensemble_
 
 
 def test_ensemble_export_predicts_exactly_the_tested_confusion_matrix(ensemble_cv, tmp_path):
-    from ser_lightning.run.ensemble import load_heads
-    from ser_lightning.run.export import copy_export
+    from ser_lightning.run.artifact import load_heads
+    from ser_lightning.run.artifact import copy_export
     from ser_lightning.run.predict import predict_files
 
     root, _, _ = ensemble_cv
@@ -123,7 +123,7 @@ def test_runs_from_before_the_option_keep_their_identity():
     from omegaconf import OmegaConf
 
     from ser_lightning.config import compose
-    from ser_lightning.run.train import config_hash
+    from ser_lightning.run.rundir import config_hash
 
     cfg = compose(["data=ravdess", "model.encoder=random:test"])
     old = OmegaConf.to_container(cfg)

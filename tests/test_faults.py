@@ -96,7 +96,7 @@ def test_truncated_results_are_never_trusted(tmp_path):
     from omegaconf import OmegaConf
 
     from ser_lightning.config import compose
-    from ser_lightning.run.train import config_hash, finished_results
+    from ser_lightning.run.rundir import config_hash, finished_results
 
     cfg = compose(fh.tiny_overrides(tmp_path / "run", tmp_path))
     OmegaConf.set_readonly(cfg, True)
@@ -130,7 +130,7 @@ def _clips(n=6):
     root = fh.RAVDESS
     if not root.is_dir():
         pytest.skip("RAVDESS not found")
-    from ser_lightning.data.audio import decode
+    from ser_lightning.audio import decode
 
     files = sorted(str(p) for p in (root / "Actor_01").glob("*.flac"))[:n]
     infos = [decode(f)[1] for f in files]

@@ -20,7 +20,7 @@ from ser_lightning.models.module import SERModule, masked_stats
 
 def _head(feature_norm: str, layers: int = 1, seed: int = 0, pooling: str = "attentive") -> SERHead:
     torch.manual_seed(seed)
-    return SERHead(12, 3, pooling, proj_dim=8, heads=2, head_dim=4, dropout=0.0, num_layers=layers,
+    return SERHead(12, 3, pooling=pooling, proj_dim=8, heads=2, head_dim=4, dropout=0.0, num_layers=layers,
                    feature_norm=feature_norm).eval()  # fmt: skip
 
 
@@ -79,7 +79,7 @@ def test_feature_stats_count_real_frames_only():
 
 def test_whisper_features_have_outlier_channels(base_path, ravdess_root):
     """Why the option exists: real Whisper hidden states (real speech) are dominated by a few channels."""
-    from ser_lightning.data.audio import decode
+    from ser_lightning.audio import decode
     from ser_lightning.features.encoder import load_encoder
     from ser_lightning.features.extract import encode_waves
     from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend
@@ -106,8 +106,9 @@ def _tiny_train_cfg(ravdess_root, tmp, feature_norm: str, extra):
 
 def test_ser_train_standardizes_with_training_speakers_only(tmp_path, ravdess_root):
     from ser_lightning.data.datamodule import SERDataModule
-    from ser_lightning.run.export import load_head
-    from ser_lightning.run.train import build, train
+    from ser_lightning.run.artifact import load_head
+    from ser_lightning.run.build import build_training
+    from ser_lightning.run.train import train
 
     cfg = _tiny_train_cfg(ravdess_root, tmp_path, "standardize", ["data.limit_per_class=20", "model.layer=2"])
     res = train(cfg)
@@ -115,13 +116,13 @@ def test_ser_train_standardizes_with_training_speakers_only(tmp_path, ravdess_ro
     head, meta = load_head(tmp_path / "run" / "export")
     assert meta["model"]["feature_norm"] == "standardize"
     # the exported statistics are those of the training split's frames, not of validation or test
-    _, dm, module = build(cfg)
+    _, dm, module = build_training(cfg)
     assert isinstance(dm, SERDataModule)
     dm.prepare_data()
     mean, std = module.feature_stats(dm.stats_dataloader())
     assert torch.allclose(head.feature_mean, mean, atol=1e-4) and torch.allclose(head.feature_std, std, atol=1e-4)
     everything = torch.cat([torch.tensor(np.asarray(dm.open_cache().get(h, 2)), dtype=torch.float32)
-                            for h in dm._table().dataset["sha256"]])  # fmt: skip
+                            for h in dm.load_table().dataset["sha256"]])  # fmt: skip
     assert not torch.allclose(everything.mean(0), mean[0], atol=1e-3)  # other speakers would change them
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True, map_location="cpu")
     assert torch.equal(ckpt["state_dict"]["head.feature_mean"], head.feature_mean)
@@ -185,14 +186,14 @@ def speaker_run(tmp_path_factory, ravdess_root):
 
 
 def test_training_normalises_every_speaker_with_its_own_clips(speaker_run):
-    from ser_lightning.run.train import build
+    from ser_lightning.run.build import build_training
 
     cfg, res, _ = speaker_run
-    _, dm, module = build(cfg)
+    _, dm, module = build_training(cfg)
     dm.prepare_data()
     dm.setup("fit")
     mean, std = module.feature_stats(itertools.chain(*dm.speaker_stats_dataloaders()), groups=len(dm.speaker_ids))
-    ds, cache = dm._table().dataset, dm.open_cache()
+    ds, cache = dm.load_table().dataset, dm.open_cache()
     by_speaker = defaultdict(list)
     for h, s in zip(ds["sha256"], ds["speaker"]):
         by_speaker[s].append(torch.stack([torch.tensor(np.asarray(cache.get(h, k)), dtype=torch.float32) for k in (1, 2)]))

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ser_lightning.data.datamodule import FeatureSpec, SERDataModule
+from ser_lightning.data.datamodule import SERDataModule
+from ser_lightning.features.pipeline import FeatureSpec
 from ser_lightning.features.frontend import LengthPolicy
 from ser_lightning.models.head import SERHead
 from ser_lightning.models.module import SERModule

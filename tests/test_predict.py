@@ -32,7 +32,7 @@ def test_predictions_equal_the_trained_models_test_evaluation(run):
     import torch
 
     from ser_lightning.features.cache import FeatureCache
-    from ser_lightning.run.export import load_head
+    from ser_lightning.run.artifact import load_head
     from ser_lightning.run.predict import predict_files
 
     results = json.loads((run / "results.json").read_text())
@@ -64,7 +64,7 @@ def _wav(path, wave, sr=16000):
 
 
 def test_long_clips_are_windowed_and_averaged(run, tmp_path):
-    from ser_lightning.data.audio import decode
+    from ser_lightning.audio import decode
     from ser_lightning.run.predict import predict_files
 
     waves = [decode(f["path"])[0] for f in _test_files(run)[:24]]
@@ -143,7 +143,7 @@ def test_export_copies_a_loadable_head_and_predict_reads_it(run, tmp_path, capsy
     import torch
 
     from ser_lightning.cli import main
-    from ser_lightning.run.export import load_head
+    from ser_lightning.run.artifact import load_head
     from ser_lightning.run.predict import predict_files
 
     out = tmp_path / "head"

@@ -177,7 +177,7 @@ def test_cli_several_cv_dirs_and_wandb_offline(tmp_path, monkeypatch, capsys):
 
 def test_a_key_added_to_the_schema_later_is_not_a_difference(tmp_path):
     """Runs made before a config field existed lack it in config.yaml; they ran with its default."""
-    from ser_lightning.run.report import Run, differing_keys
+    from ser_lightning.run.report.runs import Run, differing_keys
 
     old = Run("old", tmp_path, "cv", {}, [], {"model.layer": 3, "model.pooling": "qkv"})
     new = Run("new", tmp_path, "cv", {}, [], {"model.layer": 4, "model.pooling": "qkv", "model.feature_norm": "none"})
@@ -188,7 +188,7 @@ def test_a_key_added_to_the_schema_later_is_not_a_difference(tmp_path):
 
 def test_the_config_a_run_used_wins_over_its_sweep_parameter(tmp_path):
     """`ser sweep x.yaml model.encoder=/local/path` overrides the YAML's value: report what ran."""
-    from ser_lightning.run.report import Run, differing_keys
+    from ser_lightning.run.report.runs import Run, differing_keys
 
     trial = Run("t", tmp_path, "cv", {}, [], {"model.encoder": "/local/base", "model.layer": 3},
                 {"data": "ravdess", "model.encoder": "openai/whisper-base", "model.layer": 3})  # fmt: skip
@@ -201,7 +201,7 @@ def test_a_fusion_run_shows_no_single_layer():
     """model.layer is unused when model.layers fuses several: the report must not show the default -1 for it."""
     from pathlib import Path
 
-    from ser_lightning.run.report import Run
+    from ser_lightning.run.report.runs import Run
 
     fused = Run("f", Path("f"), "cv", {}, [], config={"model.layer": -1, "model.layers": [3, 4, 5, 6]})
     single = Run("s", Path("s"), "cv", {}, [], config={"model.layer": 4, "model.layers": None})

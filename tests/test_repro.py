@@ -35,13 +35,13 @@ def test_the_seed_decides_initial_weights_and_data_draws(tmp_path_factory, tmp_p
     import lightning as L
 
     from ser_lightning.config import compose
-    from ser_lightning.run.train import build
+    from ser_lightning.run.build import build_training
 
     built = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         cfg = compose(fh.tiny_overrides(tmp_path / name, fh.shared_work(tmp_path_factory), f"seed={seed}"))
         L.seed_everything(cfg.seed, verbose=False)
-        _, dm, module = build(cfg)
+        _, dm, module = build_training(cfg)
         built[name] = (module.head.state_dict(), dm.split.val_speakers, list(dm.splits["train"]["sha256"]))
     assert fh.same_tensors(built["a"][0], built["b"][0]) and built["a"][1:] == built["b"][1:]
     assert not fh.same_tensors(built["a"][0], built["c"][0])

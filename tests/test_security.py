@@ -123,7 +123,7 @@ def test_export_and_predict_read_no_pickle(tmp_path_factory, monkeypatch):
 
     import torch
 
-    from ser_lightning.run.export import load_head
+    from ser_lightning.run.artifact import load_head
     from ser_lightning.run.predict import predict_files
 
     run = fh.trained_run(tmp_path_factory)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ser_lightning.config import ConfigError, compose
-from ser_lightning.data.audio import change_speed
+from ser_lightning.audio import change_speed
 
 
 def _peak_hz(wave: np.ndarray, sr: int = 16000) -> float:
@@ -52,7 +52,7 @@ def test_bad_speed_factors_are_refused(bad):
 def _speed_dm(ravdess_root, tmp_path, speeds=(0.9, 1.1)):
     from omegaconf import OmegaConf
 
-    from ser_lightning.run.train import build
+    from ser_lightning.run.build import build_training
 
     cfg = compose([
         "data=ravdess", f"data.root={ravdess_root}", "data.fold=2", "data.limit_per_class=20", "model.encoder=random:test",
@@ -60,7 +60,7 @@ def _speed_dm(ravdess_root, tmp_path, speeds=(0.9, 1.1)):
         f"cache.dir={tmp_path / 'cache'}", f"data.table_cache_dir={tmp_path / 'tables'}", "wandb.mode=disabled",
         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"output_dir={tmp_path / 'run'}",
     ])  # fmt: skip
-    _, dm, _ = build(cfg)
+    _, dm, _ = build_training(cfg)
     dm.prepare_data()
     dm.setup("fit")
     assert OmegaConf.to_container(cfg.data.speed_perturb) == list(speeds)
@@ -118,7 +118,8 @@ def test_live_mode_reads_perturbed_audio(tmp_path, ravdess_root):
 
 
 def test_ser_train_with_speed_perturb_and_unchanged_identity_without(tmp_path, ravdess_root):
-    from ser_lightning.run.train import config_hash, train
+    from ser_lightning.run.rundir import config_hash
+    from ser_lightning.run.train import train
 
     cfg, _ = _speed_dm(ravdess_root, tmp_path, speeds=(0.9,))
     res = train(cfg)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ser_lightning.config import compose
-from ser_lightning.run.train import RunConflictError, train
+from ser_lightning.run.rundir import RunConflictError
+from ser_lightning.run.train import train
 
 
 def _cfg(tmp: Path, ravdess_root, *extra):
@@ -63,12 +64,12 @@ def test_cached_features_give_the_same_metrics_as_the_live_encoder(tmp_path, rav
 
 def test_checkpoint_of_another_encoder_is_refused(tmp_path, ravdess_root):
     from ser_lightning.models.module import EncoderMismatchError
-    from ser_lightning.run.train import build
+    from ser_lightning.run.build import build_training
 
     cfg = _cfg(tmp_path, ravdess_root)
     train(cfg)
     other = _cfg(tmp_path, ravdess_root, "seed=1")  # random:test with another seed = other weights
-    _, _, module = build(other)
+    _, _, module = build_training(other)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True, map_location="cpu")
     with pytest.raises(EncoderMismatchError, match="fingerprint"):
         module.on_load_checkpoint(ckpt)

@@ -13,34 +13,23 @@ from __future__ import annotations
 
 import random
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ser_lightning.config import DataConfig
 from ser_lightning.data.folds import FoldError, FoldSplit, check_independence, make_split
 from ser_lightning.data.table import UtteranceTable, build_table
-from ser_lightning.features.cache import FeatureCache, cache_for
+from ser_lightning.features.cache import FeatureCache
 from ser_lightning.features.encoder import FrozenWhisperEncoder
 from ser_lightning.features.extract import fill_cache, load_clip
 from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend, encoder_frames, mel_frames
-
-
-@dataclass
-class FeatureSpec:
-    """What the model reads from the encoder (part of the cache key together with the encoder fingerprint)."""
-
-    layers: List[int]  # resolved 1..L
-    policy: LengthPolicy
-    cached: bool = True
-    cache_dir: str = ".ser_cache/features"
-    cache_dtype: str = "fp16"
-    verify: bool = True
-    encode_batch_size: int = 16
+from ser_lightning.features.pipeline import AudioSettings, FeatureSpec, open_feature_cache
 
 
 class CachedFeatures(Dataset):
@@ -212,18 +201,34 @@ class SpeedPerturbBatchSampler(Sampler[List[Tuple[int, int]]]):
         return len(self.batches)
 
 
+def as_data_config(data: DataConfig | Mapping[str, Any]) -> DataConfig:
+    """A typed DataConfig from a DataConfig, the `data` section of a composed config, or a plain mapping (keys it
+    lacks keep the schema defaults; unknown keys are refused with the list of valid ones)."""
+    if isinstance(data, DataConfig):
+        return data
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(data, DictConfig):
+        data = OmegaConf.to_container(data, resolve=True)  # type: ignore[assignment]
+    known = {f.name for f in fields(DataConfig)}
+    unknown = sorted(set(data) - known - {"seed"})
+    if unknown:
+        raise ValueError(f"unknown data setting(s) {unknown}; valid: {', '.join(sorted(known))}")
+    return DataConfig(**{k: v for k, v in data.items() if k in known})
+
+
 class SERDataModule(L.LightningDataModule):
     def __init__(
         self,
-        data_cfg: Dict[str, Any],
+        data: DataConfig | Mapping[str, Any],
         features: FeatureSpec,
         encoder: FrozenWhisperEncoder | Callable[[], FrozenWhisperEncoder],
         seed: int = 0,
         report_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
-        self.cfg = dict(data_cfg)
-        self.cfg.setdefault("seed", seed)
+        self.cfg: DataConfig = as_data_config(data)
+        self.audio = AudioSettings.of(self.cfg)
         self.features = features
         self._encoder = encoder
         self.seed = seed
@@ -232,7 +237,7 @@ class SERDataModule(L.LightningDataModule):
         self.split: Optional[FoldSplit] = None
         self.splits: Dict[str, Any] = {}
         # data.speed_perturb: training clips are also drawn at these speeds, each from a cache of its own
-        self.speeds: List[float] = [float(x) for x in (self.cfg.get("speed_perturb") or [])]
+        self.speeds: List[float] = [float(x) for x in (self.cfg.speed_perturb or [])]
         self._caches: Dict[float, FeatureCache] = {}  # speed -> cache (1.0: the clips themselves)
         self._datasets: Dict[str, Dataset] = {}
         self._speaker_ids: Optional[List[str]] = None
@@ -244,14 +249,15 @@ class SERDataModule(L.LightningDataModule):
             self._encoder = self._encoder()
         return self._encoder
 
-    def _table(self) -> UtteranceTable:
+    def load_table(self) -> UtteranceTable:
+        """The corpus' utterance table (built once, then read from the table cache)."""
         if self.table is None:
-            self.table = build_table(self.cfg, self.report_dir)
+            self.table = build_table({**asdict(self.cfg), "seed": self.seed}, self.report_dir)
         return self.table
 
     @property
     def class_names(self) -> List[str]:
-        return list(self._table().class_names)
+        return list(self.load_table().class_names)
 
     @property
     def num_classes(self) -> int:
@@ -261,25 +267,19 @@ class SERDataModule(L.LightningDataModule):
     def speaker_ids(self) -> List[str]:
         """Every speaker of the corpus table, sorted; batches carry `speaker` = the index in this list."""
         if self._speaker_ids is None:
-            self._speaker_ids = sorted(set(self._table().dataset["speaker"]))
+            self._speaker_ids = sorted(set(self.load_table().dataset["speaker"]))
         return self._speaker_ids
 
     def open_cache(self, speed: float = 1.0) -> FeatureCache:
         """The feature cache of the unperturbed clips, or (speed != 1) of their speed-perturbed copies."""
         if speed in self._caches:
             return self._caches[speed]
-        enc = self.encoder
-        self._caches[speed] = cache_for(
-            self.features.cache_dir, enc.fingerprint, {"n_mels": enc.num_mel_bins, "frontend": "whisper-logmel-v1"},
-            self.features.policy.name, float(self.cfg["max_seconds"]), self.cfg["crop"],
-            dtype=self.features.cache_dtype, verify=self.features.verify, sample_rate=int(self.cfg["sample_rate"]),
-            verify_layers=self.features.layers, speed=speed,
-        )  # fmt: skip
+        self._caches[speed] = open_feature_cache(self.features, self.encoder, self.audio, speed)
         return self._caches[speed]
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
-        table = self._table()
+        table = self.load_table()
         if self.features.cached:
             ds = table.dataset
             self.fill(dict(zip(ds["sha256"], ds["path"])), dict(zip(ds["sha256"], ds["duration"])))
@@ -290,8 +290,8 @@ class SERDataModule(L.LightningDataModule):
         for speed in self._speeds("train"):
             fill_cache(
                 self.open_cache(speed), self.encoder, paths_by_hash, durations, self.features.layers,
-                self.features.policy, sample_rate=int(self.cfg["sample_rate"]), max_seconds=float(self.cfg["max_seconds"]),
-                crop_where=self.cfg["crop"], batch_size=self.features.encode_batch_size, speed=speed,
+                self.features.policy, sample_rate=self.audio.sample_rate, max_seconds=self.audio.max_seconds,
+                crop_where=self.audio.crop, batch_size=self.features.encode_batch_size, speed=speed,
             )  # fmt: skip
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -300,10 +300,9 @@ class SERDataModule(L.LightningDataModule):
                 for speed in self._speeds("train"):
                     self.open_cache(speed).refresh()
             return
-        table = self._table()
+        table = self.load_table()
         self.split = make_split(
-            table.corpus, int(self.cfg["fold"]), self.cfg.get("num_folds"), int(self.cfg["val_speakers"]),
-            self.cfg.get("val_speaker_ids"), self.seed,
+            table.corpus, self.cfg.fold, self.cfg.num_folds, self.cfg.val_speakers, self.cfg.val_speaker_ids, self.seed,
         )  # fmt: skip
         ds = table.dataset
         speakers = ds["speaker"]
@@ -362,7 +361,7 @@ class SERDataModule(L.LightningDataModule):
                 self._datasets[name] = CachedFeatures(d["sha256"], d["label"], caches, self.features.layers,
                                                       self._speaker_indices(d))  # fmt: skip
             return self._datasets[name]
-        return AudioClips(d["path"], d["label"], int(self.cfg["sample_rate"]), float(self.cfg["max_seconds"]), self.cfg["crop"],
+        return AudioClips(d["path"], d["label"], self.audio.sample_rate, self.audio.max_seconds, self.audio.crop,
                           self._speaker_indices(d), self._speeds(name))  # fmt: skip
 
     def _speaker_indices(self, split: Any) -> List[int]:
@@ -370,8 +369,7 @@ class SERDataModule(L.LightningDataModule):
         return [index[s] for s in split["speaker"]]
 
     def _lengths(self, name: str) -> List[int]:
-        sr = int(self.cfg["sample_rate"])
-        max_s = float(self.cfg["max_seconds"])
+        sr, max_s = self.audio.sample_rate, self.audio.max_seconds
         return [encoder_frames(mel_frames(int(min(d, max_s) * sr))) for d in self.splits[name]["duration"]]
 
     def _loader(self, name: str, train: bool, whole: bool = False) -> DataLoader:
@@ -379,13 +377,13 @@ class SERDataModule(L.LightningDataModule):
         if self.trainer is not None and not whole:
             world, rank = self.trainer.world_size, self.trainer.global_rank
         sampler: Sampler = LengthBucketBatchSampler(
-            self._lengths(name), int(self.cfg["batch_size"] if train else self.cfg["eval_batch_size"]), shuffle=train,
-            seed=self.seed, bucketing=bool(self.cfg["length_bucketing"]), num_replicas=world, rank=rank,
+            self._lengths(name), self.cfg.batch_size if train else self.cfg.eval_batch_size, shuffle=train,
+            seed=self.seed, bucketing=self.cfg.length_bucketing, num_replicas=world, rank=rank,
         )  # fmt: skip
         if train and self.speeds:  # batches are bucketed by the unperturbed lengths (speed changes them by <= 1/speed)
             sampler = SpeedPerturbBatchSampler(sampler, len(self._speeds(name)), self.seed)
         collate = collate_features if self.features.cached else CollateAudio(self.encoder.num_mel_bins, self.features.policy)
-        workers = int(self.cfg["num_workers"])
+        workers = self.cfg.num_workers
         return DataLoader(self._dataset(name), batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                           persistent_workers=workers > 0)  # fmt: skip
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ser_lightning.data.audio import ZIP_SEPARATOR, BadAudioError, decode
+from ser_lightning.audio import ZIP_SEPARATOR, BadAudioError, decode
 from ser_lightning.data.corpora.base import CorpusTable, Utterance, get_loader, select_classes
 from ser_lightning.utils.io import atomic_write_json
 

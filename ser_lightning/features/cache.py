@@ -204,12 +204,14 @@ class FeatureCache:
 
 def cache_for(root: str, encoder_fingerprint: str, frontend_settings: Mapping[str, object], policy: str,
               max_seconds: float, crop: str, dtype: str = "fp16", verify: bool = True,
-              sample_rate: int = 16000, verify_layers: Sequence[int] | None = None, speed: float = 1.0) -> FeatureCache:  # fmt: skip
+              sample_rate: int = 16000, verify_layers: Sequence[int] | None = None, speed: float = 1.0,
+              compute_dtype: str = "fp32") -> FeatureCache:  # fmt: skip
+    """The cache of features made with these settings (features/pipeline.open_feature_cache fills them in from an
+    encoder). compute_dtype: the encoder's (fp32 / bf16 / fp16): bf16 features are not fp32 features."""
     settings = {
-        "encoder": encoder_fingerprint, "frontend": dict(frontend_settings), "policy": policy,
-        "max_seconds": float(max_seconds), "crop": crop, "sample_rate": sample_rate,
+        "encoder": encoder_fingerprint, "compute_dtype": compute_dtype, "frontend": dict(frontend_settings),
+        "policy": policy, "max_seconds": float(max_seconds), "crop": crop, "sample_rate": sample_rate,
     }  # fmt: skip
     if speed != 1.0:  # speed-perturbed copies (data.speed_perturb) get their own key; unperturbed keys are unchanged
         settings["speed"] = float(speed)
     return FeatureCache(root, settings, dtype=dtype, verify=verify, verify_layers=verify_layers)
-

@@ -109,10 +109,13 @@ def fingerprint_state(state: Dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return DTYPE_NAMES[name]
 
 
 @dataclass
@@ -143,6 +146,12 @@ class FrozenWhisperEncoder(nn.Module):
     @property
     def num_mel_bins(self) -> int:
         return int(self.encoder.config.num_mel_bins)
+
+    @property
+    def compute_dtype(self) -> str:
+        """fp32 / bf16 / fp16: the dtype the blocks compute in (it changes the features: part of the cache key)."""
+        dtype = next(self.encoder.parameters()).dtype
+        return {v: k for k, v in DTYPE_NAMES.items()}[dtype]
 
     def train(self, mode: bool = True) -> "FrozenWhisperEncoder":
         # frozen: never leaves eval mode (Whisper's dropout / layerdrop must stay off)

@@ -9,7 +9,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from ser_lightning.data.audio import change_speed, crop, decode
+from ser_lightning.audio import change_speed, crop, decode
 from ser_lightning.features.cache import DTYPES, FeatureCache
 from ser_lightning.features.encoder import FrozenWhisperEncoder
 from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend, encoder_frames, mel_frames

@@ -52,7 +52,8 @@ class LengthPolicy:
         except ValueError:
             seconds = -1.0
         if not 0 < seconds <= WINDOW_SECONDS:
-            raise ValueError(f"input_seconds={text!r} must be 'clip', 'clip+T' or a number of seconds in (0, 30]")
+            raise ValueError(f"input_seconds={text!r}: use 'clip', '30' or a number of seconds in (0, 30], or 'clip+T' "
+                             "(the clip and T seconds of silence, e.g. 'clip+2')")
         return cls(seconds)
 
     @property

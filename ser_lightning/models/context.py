@@ -5,7 +5,11 @@ Mean and attentive poolings see each frame on its own; emotion lives partly in h
 the utterance. `model.context` adds a small trainable layer over time between the projector and the pooling:
 - `conv`: residual 1-D convolutions over time (padded frames zeroed first, so a clip's last frames see the same
   zeros whatever the padding length);
-- `transformer`: pre-norm Transformer encoder layers (4 heads, sinusoidal frame positions), padded keys masked.
+- `transformer`: pre-norm Transformer encoder layers (4 heads, sinusoidal frame positions), padded keys masked:
+  softmax attention, quadratic in the length (PyTorch SDPA inside);
+- `retention`, `gla`, `linear`: pre-norm blocks of bidirectional attention whose cost is LINEAR in the length
+  (models/linear_attention.py: multi-scale retention, gated linear attention, plain linear attention), for
+  minutes-long recordings where softmax attention runs out of memory.
 """
 
 from __future__ import annotations
@@ -63,7 +67,39 @@ class TransformerContext(nn.Module):
         return self.encoder(h + pe.to(h.dtype), src_key_padding_mask=~mask)  # padded keys get no attention weight
 
 
-CONTEXTS: Dict[str, Callable[..., nn.Module]] = {"none": NoContext, "conv": ConvContext, "transformer": TransformerContext}
+class LinearContext(nn.Module):
+    """Pre-norm blocks: x + LinearAttention(LN(x)), then x + FFN(LN(x)); sinusoidal frame positions first."""
+
+    def __init__(self, dim: int, layers: int = 1, heads: int = 4, dropout: float = 0.1, kind: str = "gla", **_: object) -> None:
+        super().__init__()
+        from ser_lightning.models.linear_attention import LinearAttention
+
+        self.attn = nn.ModuleList(LinearAttention(dim, heads, kind) for _ in range(layers))
+        self.norm1 = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+        self.norm2 = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+        self.ffn = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)) for _ in range(layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        from ser_lightning.models.linear_attention import sinusoidal_positions
+
+        h = h + sinusoidal_positions(h.shape[1], h.shape[2], h.device).to(h.dtype)
+        for attn, n1, n2, ffn in zip(self.attn, self.norm1, self.norm2, self.ffn):
+            h = h + self.dropout(attn(n1(h), mask))
+            h = h + self.dropout(ffn(n2(h)))
+        return h
+
+
+def _linear(kind: str) -> Callable[..., nn.Module]:
+    return lambda **kw: LinearContext(kind=kind, **kw)
+
+
+CONTEXTS: Dict[str, Callable[..., nn.Module]] = {
+    "none": NoContext, "conv": ConvContext, "transformer": TransformerContext,
+    "retention": _linear("retention"), "gla": _linear("gla"), "linear": _linear("linear"),
+}  # fmt: skip
 
 
 def build_context(name: str, dim: int, layers: int = 1, dropout: float = 0.1) -> nn.Module:

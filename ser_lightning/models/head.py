@@ -5,47 +5,19 @@ Sizes come from the encoder (`input_dim`, number of fused layers) and the data (
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ser_lightning.models.context import build_context
-from ser_lightning.models.pooling import build_pooling
+from ser_lightning.models.context import CONTEXTS, build_context
+from ser_lightning.models.fusion import FUSIONS, QUERY_FUSIONS, CrossLayerAttention, WeightedLayerSum, build_fusion
+from ser_lightning.models.pooling import POOLINGS, build_pooling
 
 # none; standardize: one mean/std per layer and channel from the training split (stored in the head);
 # speaker: each speaker's own mean/std over all of that speaker's clips (labels unused), given per batch
 FEATURE_NORMS = ("none", "standardize", "speaker")
-
-
-class WeightedLayerSum(nn.Module):
-    """SUPERB-style fusion: softmax-weighted sum of layers (each optionally LayerNorm-ed first)."""
-
-    def __init__(self, num_layers: int, dim: int, layernorm: bool = True) -> None:
-        super().__init__()
-        self.weights = nn.Parameter(torch.zeros(num_layers))
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False) if layernorm else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, T, D) -> (B, T, D)
-        w = torch.softmax(self.weights, dim=0).to(x.dtype)
-        return torch.einsum("l,bltd->btd", w, self.norm(x))
-
-
-class ConvLayerFusion(nn.Module):
-    """Qieemo-style fusion: project every layer, then mix along the layer axis with a small 1-D conv."""
-
-    def __init__(self, num_layers: int, dim: int, out_dim: int, layernorm: bool = True) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False) if layernorm else nn.Identity()
-        self.proj = nn.Linear(dim, out_dim)
-        self.mix = nn.Conv1d(num_layers, 1, kernel_size=1)  # learned per-layer mixing after projection
-        self.act = nn.GELU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, T, D) -> (B, T, out_dim)
-        b, layers, t, _ = x.shape
-        p = self.act(self.proj(self.norm(x)))  # (B, L, T, P)
-        mixed = self.mix(p.permute(0, 2, 1, 3).reshape(b * t, layers, -1))  # (B*T, 1, P)
-        return mixed.view(b, t, -1)
 
 
 class FeatureAugment(nn.Module):
@@ -81,51 +53,100 @@ class FeatureAugment(nn.Module):
         return x
 
 
+@dataclass
+class HeadConfig:
+    """Everything that defines a head's architecture: its constructor argument, written into head.json and read
+    back by `load_head`. A new head option is one field here (plus its user-facing field in config.ModelConfig,
+    which `from_options` picks up by name)."""
+
+    input_dim: int  # encoder width (encoder.output_dim)
+    num_classes: int  # datamodule.num_classes
+    num_layers: int = 1  # encoder layers fused (model.layers)
+    num_kv_layers: int = 0  # fusion=cma: layers of the key/value stream (model.cma_layers), after the query layers
+    pooling: str = "qkv"
+    proj_dim: int = 256
+    heads: int = 6
+    head_dim: int = 4
+    num_queries: int = 4
+    dropout: float = 0.1
+    fusion: str = "weighted"
+    fusion_layernorm: bool = True
+    cma_heads: int = 4
+    cma_query_fusion: str = "conv"
+    feature_norm: str = "none"
+    context: str = "none"
+    context_layers: int = 1
+    # training-only feature regularisers (FeatureAugment): no parameters, inactive in eval
+    feature_dropout: float = 0.0
+    time_mask: int = 0
+    time_mask_width: int = 10
+    feature_mask: int = 0
+    feature_mask_width: int = 32
+
+    def __post_init__(self) -> None:
+        for name, value, choices in (("pooling", self.pooling, POOLINGS), ("fusion", self.fusion, FUSIONS),
+                                     ("context", self.context, CONTEXTS), ("feature_norm", self.feature_norm, FEATURE_NORMS),
+                                     ("cma_query_fusion", self.cma_query_fusion, QUERY_FUSIONS)):  # fmt: skip
+            if value not in choices:
+                raise ValueError(f"{name}={value!r}: use one of {', '.join(choices)}")
+        if (self.fusion == "cma") != (self.num_kv_layers > 0):
+            raise ValueError(f"fusion={self.fusion!r} with {self.num_kv_layers} key/value layers: cross-layer attention "
+                             "(fusion=cma) needs its key/value layers (model.cma_layers), and only it reads them")  # fmt: skip
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], input_dim: int, num_classes: int, num_layers: int = 1,
+                     num_kv_layers: int = 0) -> "HeadConfig":  # fmt: skip
+        """The head a `model` config section describes (its fields of the same names; the sizes come from the
+        encoder and the data). Keys the section lacks keep their defaults (head.json of older exports)."""
+        sizes = {"input_dim": input_dim, "num_classes": num_classes, "num_layers": num_layers, "num_kv_layers": num_kv_layers}
+        return cls(**sizes, **{f.name: options[f.name] for f in fields(cls) if f.name not in sizes and f.name in options})
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "HeadConfig":
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown head option(s) {unknown} (written by a newer ser_lightning?)")
+        return cls(**values)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
 class SERHead(nn.Module):
-    def __init__(
-        self,
-        input_dim: int,
-        num_classes: int,
-        pooling: str = "qkv",
-        proj_dim: int = 256,
-        heads: int = 6,
-        head_dim: int = 4,
-        dropout: float = 0.1,
-        num_layers: int = 1,
-        fusion: str = "weighted",
-        fusion_layernorm: bool = True,
-        num_queries: int = 4,
-        augment: Optional[FeatureAugment] = None,
-        feature_norm: str = "none",
-        context: str = "none",
-        context_layers: int = 1,
-    ) -> None:
+    """`SERHead(HeadConfig(...))`; `SERHead(input_dim, num_classes, pooling=..., ...)` is the same with the
+    config's fields as keyword arguments."""
+
+    def __init__(self, config: HeadConfig | int | None = None, num_classes: Optional[int] = None, **options: Any) -> None:
         super().__init__()
-        self.num_layers = num_layers
-        if feature_norm not in FEATURE_NORMS:
-            raise ValueError(f"feature_norm={feature_norm!r}: use one of {', '.join(FEATURE_NORMS)}")
-        self.feature_norm = feature_norm
-        self.standardize = feature_norm == "standardize"
+        if not isinstance(config, HeadConfig):
+            sizes = {k: v for k, v in (("input_dim", config), ("num_classes", num_classes)) if v is not None}
+            config = HeadConfig(**sizes, **options)
+        elif num_classes is not None or options:
+            raise TypeError("pass either a HeadConfig or its fields, not both")
+        self.config = c = config
+        self.num_layers = c.num_layers
+        self.feature_norm = c.feature_norm
+        self.standardize = c.feature_norm == "standardize"
         # speaker: statistics of the clip's own speaker, passed in with every batch (`norm_stats`), not stored
-        self.speaker_norm = feature_norm == "speaker"
+        self.speaker_norm = c.feature_norm == "speaker"
         if self.standardize:
             # per layer and channel, from the training split (set_feature_stats); saved with the head so that
             # evaluation, export and prediction apply exactly the training normalisation
-            self.register_buffer("feature_mean", torch.zeros(num_layers, input_dim))
-            self.register_buffer("feature_std", torch.ones(num_layers, input_dim))
-        self.fusion: Optional[nn.Module] = None
-        projector_in = input_dim
-        if num_layers > 1 and fusion == "weighted":
-            self.fusion = WeightedLayerSum(num_layers, input_dim, fusion_layernorm)
-        elif num_layers > 1 and fusion == "conv":
-            self.fusion = ConvLayerFusion(num_layers, input_dim, proj_dim, fusion_layernorm)
-            projector_in = proj_dim
-        self.augment = augment or FeatureAugment()
-        self.projector = nn.Sequential(nn.Linear(projector_in, proj_dim), nn.LayerNorm(proj_dim))
-        self.context = build_context(context, proj_dim, context_layers, dropout)
-        self.pooling = build_pooling(pooling, proj_dim, heads, head_dim, dropout, num_queries)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(proj_dim, num_classes)
+            self.register_buffer("feature_mean", torch.zeros(c.num_layers + c.num_kv_layers, c.input_dim))
+            self.register_buffer("feature_std", torch.ones(c.num_layers + c.num_kv_layers, c.input_dim))
+        query_fusion = c.cma_query_fusion if c.fusion == "cma" else c.fusion
+        self.fusion, projector_in = build_fusion(query_fusion, c.num_layers, c.input_dim, c.proj_dim, c.fusion_layernorm)
+        self.cma: Optional[CrossLayerAttention] = None
+        if c.fusion == "cma":  # the key/value stream: its layers summed (learned weights), projected to the head's width
+            self.kv_fusion = WeightedLayerSum(c.num_kv_layers, c.input_dim, c.fusion_layernorm) if c.num_kv_layers > 1 else None
+            self.kv_projector = nn.Sequential(nn.LayerNorm(c.input_dim), nn.Linear(c.input_dim, c.proj_dim))
+            self.cma = CrossLayerAttention(c.proj_dim, c.cma_heads, c.dropout)
+        self.augment = FeatureAugment(c.feature_dropout, c.time_mask, c.time_mask_width, c.feature_mask, c.feature_mask_width)
+        self.projector = nn.Sequential(nn.Linear(projector_in, c.proj_dim), nn.LayerNorm(c.proj_dim))
+        self.context = build_context(c.context, c.proj_dim, c.context_layers, c.dropout)
+        self.pooling = build_pooling(c.pooling, c.proj_dim, c.heads, c.head_dim, c.dropout, c.num_queries)
+        self.dropout = nn.Dropout(c.dropout)
+        self.classifier = nn.Linear(c.proj_dim, c.num_classes)
 
     @torch.no_grad()
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -159,11 +180,23 @@ class SERHead(nn.Module):
                 features = (features - self.feature_mean[:, None]) / self.feature_std[:, None]  # (B, L, T, D)
             else:
                 features = (features - self.feature_mean[0]) / self.feature_std[0]  # (B, T, D)
+        kv = None
+        if self.cma is not None:  # (B, Lq + Lkv, T, D): the query layers, then the key/value layers
+            expected = self.num_layers + self.config.num_kv_layers
+            if features.dim() != 4 or features.shape[1] != expected:
+                raise ValueError(f"fusion=cma: expected (B, {expected}, T, D) features (query + key/value layers), "
+                                 f"got {tuple(features.shape)}")  # fmt: skip
+            features, kv = features[:, : self.num_layers], features[:, self.num_layers :]
+            features = features[:, 0] if self.num_layers == 1 else features
+            kv = kv[:, 0] if self.kv_fusion is None else self.kv_fusion(kv)  # (B, T, D)
         if features.dim() == 4:
             if self.fusion is None:
                 raise ValueError(f"got {features.shape[1]} layers but the head was built for {self.num_layers}")
             features = self.fusion(features)
         features = self.augment(features, mask)
-        h = self.context(self.projector(features), mask)  # (B, T, proj_dim)
+        h = self.projector(features)  # (B, T, proj_dim)
+        if self.cma is not None:
+            h = self.cma(h, self.kv_projector(kv), mask)
+        h = self.context(h, mask)
         pooled = self.pooling(h, mask)  # (B, proj_dim)
         return self.classifier(self.dropout(pooled))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ser_lightning.features.encoder import FrozenWhisperEncoder
+from ser_lightning.features.pipeline import layer_list  # noqa: F401  (re-exported: model.layers / model.layer)
 from ser_lightning.models.head import SERHead
 from ser_lightning.models.metrics import build_confusion, build_metrics, confusion_to_list, to_floats
 
@@ -60,7 +61,7 @@ class SERModule(L.LightningModule):
         self.test_confusion = build_confusion(self.class_names)
         self.test_results: Dict[str, Any] = {}
         # per test clip: (split index, class probabilities); `ser train` writes them to test_predictions.json
-        # (what an ensemble averages: models/ensemble.py)
+        # (what an ensemble averages: run/ensemble.py)
         self._test_outputs: List[tuple] = []
         self.test_predictions: Dict[str, Any] = {}
         # model.feature_norm=speaker: (S, L, D) per speaker, set when a stage starts; data statistics, not checkpointed
@@ -159,6 +160,10 @@ class SERModule(L.LightningModule):
         loss, preds, labels = self.model_step(batch)
         self.val_metrics.update(preds, labels)
         self.log("val/loss", loss, on_epoch=True, batch_size=len(labels), sync_dist=True)
+        cma = getattr(self.head, "cma", None)
+        if cma is not None and cma.entropy is not None:  # does the cross-layer attention attend uniformly (1) or not?
+            for i, value in enumerate(cma.entropy):
+                self.log(f"val/cma_entropy/head_{i}", value, on_epoch=True, batch_size=len(labels), sync_dist=True)
 
     def test_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch)
@@ -263,6 +268,3 @@ def masked_stats(batches, groups: int = 0) -> tuple:
     mean, std = mean.float(), var.sqrt().float()
     return (mean, std) if groups else (mean[0], std[0])
 
-
-def layer_list(layers: Optional[List[int]], layer: int) -> List[int]:
-    return list(layers) if layers else [layer]

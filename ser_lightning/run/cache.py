@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import time
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ser_lightning.config import require
+from ser_lightning.run.build import build_datamodule
 
 
 def cache_command(cfg: DictConfig, encoder=None) -> dict:
-    from ser_lightning.data.datamodule import FeatureSpec, SERDataModule
-    from ser_lightning.features.encoder import load_encoder
-    from ser_lightning.features.frontend import LengthPolicy
-    from ser_lightning.models.module import layer_list
-
-    import torch
-
     require(cfg, "data.root", "model.encoder")
-    if encoder is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        encoder = load_encoder(cfg.model.encoder, device=device, dtype=cfg.model.encoder_dtype, seed=cfg.seed)
-    layers = encoder.resolve_layers(layer_list(cfg.model.layers, cfg.model.layer))
-    spec = FeatureSpec(layers, LengthPolicy.parse(cfg.model.input_seconds), True, cfg.cache.dir, cfg.cache.dtype,
-                       bool(cfg.cache.verify), int(cfg.cache.encode_batch_size))  # fmt: skip
-    dm = SERDataModule(OmegaConf.to_container(cfg.data, resolve=True), spec, encoder, seed=cfg.seed)
+    encoder, dm = build_datamodule(cfg, encoder, cached=True)
+    layers = dm.features.layers
     start = time.perf_counter()
-    table = dm._table()
-    ds = table.dataset
+    ds = dm.load_table().dataset
     dm.fill(dict(zip(ds["sha256"], ds["path"])), dict(zip(ds["sha256"], ds["duration"])))
     cache = dm.open_cache()
     info = {

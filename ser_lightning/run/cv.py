@@ -19,10 +19,10 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ser_lightning.config import ConfigError, compose, require
+from ser_lightning.run.rundir import RESULTS, SUMMARY, SUMMARY_MD, check_output_dir, fold_dir
 from ser_lightning.utils.io import atomic_write_json, atomic_write_text, fault_point, read_json, remove_stale_temps
 
 SCALARS = ("test/wa", "test/ua", "test/f1_macro", "test/f1_weighted")
-SUMMARY = "summary.json"
 
 
 def corpus_folds(cfg: DictConfig) -> List[int]:
@@ -38,7 +38,7 @@ def fold_config(cfg: DictConfig, fold: int) -> DictConfig:
     c = copy.deepcopy(cfg)
     with open_dict(c):
         c.data.fold = fold
-        c.output_dir = str(out / f"fold_{fold}")
+        c.output_dir = str(fold_dir(out, fold))
         c.wandb.group = cfg.wandb.group or out.name
         c.wandb.job_type = "fold"
         c.wandb.name = f"{cfg.wandb.name or out.name}-fold{fold}"
@@ -161,7 +161,7 @@ def train_in_parallel(cfg: DictConfig, folds: List[int], workers: int, encoder: 
         from ser_lightning.run.cache import cache_command
 
         cache_command(cfg, encoder=encoder)
-    pending = [k for k in folds if not (Path(cfg.output_dir) / f"fold_{k}" / "results.json").is_file()]
+    pending = [k for k in folds if not (fold_dir(cfg.output_dir, k) / RESULTS).is_file()]
     if len(pending) < 2:
         return
     workers = min(workers, len(pending))
@@ -212,7 +212,8 @@ def run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
 
 
 def _run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
-    from ser_lightning.run.train import check_output_dir, load_run_encoder, train
+    from ser_lightning.features.pipeline import load_config_encoder
+    from ser_lightning.run.train import train
 
     require(cfg, "data.root", "model.encoder")
     out = Path(cfg.output_dir)
@@ -220,14 +221,13 @@ def _run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     remove_stale_temps(out)  # of a summary write killed half-way
     folds = list(cfg.cv.folds) if cfg.cv.folds else corpus_folds(cfg)
     start = time.time()
-    if encoder is None:  # loaded once, shared by every fold
-        encoder = load_run_encoder(cfg)
+    encoder = load_config_encoder(cfg, encoder)  # loaded once, shared by every fold
     workers = int(cfg.cv.workers)
     if workers > 1 and len(folds) > 1:
         train_in_parallel(cfg, folds, workers, encoder)
     results = []
     for k in folds:
-        print(f"[ser cv] fold {k} of {folds} -> {out / f'fold_{k}'}")
+        print(f"[ser cv] fold {k} of {folds} -> {fold_dir(out, k)}")
         results.append(train(fold_config(cfg, k), encoder=encoder))  # a finished fold returns its results.json
         fault_point("fold_done")
     summary = summarize(results, cfg)
@@ -237,7 +237,7 @@ def _run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     if not is_global_zero():  # DDP: every rank computed the same summary; rank 0 writes and logs it
         return summary
     atomic_write_json(out / SUMMARY, summary)
-    atomic_write_text(out / "summary.md", summary_markdown(summary, results, f"Cross-validation: {out.name}"))
+    atomic_write_text(out / SUMMARY_MD, summary_markdown(summary, results, f"Cross-validation: {out.name}"))
     try:
         from ser_lightning.run.plots import confusion_png
 

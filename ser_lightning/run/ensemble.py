@@ -26,11 +26,11 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from ser_lightning.config import to_yaml
-from ser_lightning.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, remove_stale_temps
+from ser_lightning.run.artifact import COMBINE, export_ensemble
+from ser_lightning.run.fold import confusion_png, train_one
+from ser_lightning.run.rundir import CONFIG_YAML, PREDICTIONS, RESULTS, config_hash, open_run
+from ser_lightning.utils.io import atomic_write_json, atomic_write_text, read_json, remove_stale_temps
 
-ENSEMBLE = "ensemble.json"
-FORMAT = "ser_lightning.ensemble/1"
-COMBINE = "mean of the members' softmax probabilities"
 
 
 def member_config(cfg: DictConfig, member: int) -> DictConfig:
@@ -83,8 +83,7 @@ def prediction_metrics(predictions: Dict[str, Any]) -> Dict[str, Any]:
 
 def train_ensemble(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     """Train (or resume) every member, then combine; returns the fold's results (also written to results.json)."""
-    from ser_lightning.run.train import (PREDICTIONS, RESULTS, _confusion_png, _train, config_hash, load_run_encoder,
-                                         open_run)  # fmt: skip
+    from ser_lightning.features.pipeline import load_config_encoder
 
     k = int(cfg.ensemble.members)
     out = Path(cfg.output_dir)
@@ -92,16 +91,15 @@ def train_ensemble(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     if done is not None:
         return done
     remove_stale_temps(out)
-    atomic_write_text(out / "config.yaml", to_yaml(cfg))  # the ensemble's configuration (members: member_m/)
+    atomic_write_text(out / CONFIG_YAML, to_yaml(cfg))  # the ensemble's configuration (members: member_m/)
     start = time.time()
-    if encoder is None:
-        # loaded once with the ensemble's seed and shared: the members differ in their head seed only (a
-        # random:<size> encoder's weights would otherwise follow each member's seed)
-        encoder = load_run_encoder(cfg)
+    # loaded once with the ensemble's seed and shared: the members differ in their head seed only (a
+    # random:<size> encoder's weights would otherwise follow each member's seed)
+    encoder = load_config_encoder(cfg, encoder)
     members: List[Dict[str, Any]] = []
     for m in range(k):
         print(f"[ser] ensemble member {m + 1} of {k} (seed {int(cfg.seed) + m}) -> {out / f'member_{m}'}")
-        members.append(_train(member_config(cfg, m), encoder))
+        members.append(train_one(member_config(cfg, m), encoder))
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:  # DDP: rank 0 combines and writes
         return members[0]
     predictions = [read_json(out / f"member_{m}" / PREDICTIONS) for m in range(k)]
@@ -134,7 +132,7 @@ def train_ensemble(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
         }
     )
     export_ensemble(out, k)
-    image = _confusion_png(results, out)
+    image = confusion_png(results, out)
     _log_fold(cfg, out, results, image)
     atomic_write_json(out / PREDICTIONS, combined)
     atomic_write_json(out / RESULTS, results)  # last: its presence marks the fold finished
@@ -142,55 +140,6 @@ def train_ensemble(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     print(f"[ser] fold {results['fold']}: ensemble of {k} test WA {results['test/wa']:.4f}  UA {results['test/ua']:.4f} "
           f"(members' UA {ua}) -> {out / RESULTS}")  # fmt: skip
     return results
-
-
-def export_ensemble(out: Path, k: int) -> Path:
-    """<out>/export: ensemble.json + member_m/{head.json, head.safetensors} copied from each member's export."""
-    from ser_lightning.run.export import CONFIG, WEIGHTS
-
-    folder = out / "export"
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for m in range(k):
-        src, dst = out / f"member_{m}" / "export", folder / f"member_{m}"
-        dst.mkdir(exist_ok=True)
-        for name in (WEIGHTS, CONFIG):
-            atomic_write_bytes(dst / name, (src / name).read_bytes())
-        names.append(dst.name)
-    atomic_write_json(folder / ENSEMBLE, {"format": FORMAT, "members": names, "combine": COMBINE})
-    load_heads(folder)  # the export must load (and its members agree)
-    return folder
-
-
-# keys of head.json that every member of one ensemble must share (they see the same features)
-_SHARED = ("class_names", "encoder", "data", "feature_dtype")
-
-
-def load_heads(folder: Path | str) -> List[tuple]:
-    """[(SERHead in eval mode, its head.json)] of an export folder: one head, or an ensemble's members."""
-    from ser_lightning.run.export import load_head
-
-    folder = Path(folder)
-    spec = read_json(folder / ENSEMBLE)
-    if spec is None:
-        return [load_head(folder)]
-    if spec.get("format") != FORMAT or not spec.get("members"):
-        raise ValueError(f"{folder / ENSEMBLE}: not a {FORMAT} ensemble (format {spec.get('format')!r})")
-    heads = []
-    for name in spec["members"]:
-        member = (folder / name).resolve()
-        if folder.resolve() not in member.parents:
-            raise ValueError(f"{folder / ENSEMBLE}: member {name!r} is outside the export folder")
-        heads.append(load_head(member))
-    meta0 = heads[0][1]
-    for name, (_, meta) in zip(spec["members"], heads):
-        for key in _SHARED:
-            if meta.get(key) != meta0.get(key):
-                raise ValueError(f"{folder / ENSEMBLE}: member {name} has another {key!r} than {spec['members'][0]}; "
-                                 "an ensemble's heads must read the same encoder features and classes")  # fmt: skip
-        if meta["model"].get("feature_norm") != meta0["model"].get("feature_norm"):
-            raise ValueError(f"{folder / ENSEMBLE}: members differ in model.feature_norm")
-    return heads
 
 
 def _log_fold(cfg: DictConfig, out: Path, results: Dict[str, Any], image: Any) -> None:
@@ -201,8 +150,8 @@ def _log_fold(cfg: DictConfig, out: Path, results: Dict[str, Any], image: Any) -
         return
     from omegaconf import OmegaConf
 
-    from ser_lightning.run.train import _finish_logger
+    from ser_lightning.tracking import finish_logger
 
     logger = make_logger(cfg, out, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     log_test_results(logger, results, results["class_names"], image)
-    _finish_logger(logger)
+    finish_logger(logger)

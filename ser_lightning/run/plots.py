@@ -137,3 +137,26 @@ def per_fold_confusions(results: Sequence[Mapping], class_names: Sequence[str], 
         out[k] = confusion_png(r["confusion_matrix"], class_names, Path(folder) / f"confusion_fold_{k}.png",
                                title=f"fold {k}: UA {100 * r['test/ua']:.1f}  WA {100 * r['test/wa']:.1f} (n={r['n_test']})")  # fmt: skip
     return out
+
+
+def attention_maps_png(maps: Sequence[Tuple[str, np.ndarray]], path: Path, title: str = "") -> Path:
+    """One row per clip, one column per head: attention weights (query frame x key frame), real frames only."""
+    plt = _plt()
+    heads = max(m.shape[0] for _, m in maps)
+    fig, axes = plt.subplots(len(maps), heads, figsize=(2.2 * heads, 2.2 * len(maps)), squeeze=False)
+    for row, (name, m) in enumerate(maps):
+        for h in range(heads):
+            ax = axes[row][h]
+            ax.imshow(m[h], aspect="auto", cmap="viridis", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"head {h}", fontsize=8)
+            if h == 0:
+                ax.set_ylabel(f"{name}\nquery frame", fontsize=7)
+            if row == len(maps) - 1:
+                ax.set_xlabel("key frame", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

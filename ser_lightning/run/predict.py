@@ -7,7 +7,7 @@ with a `path` column, or `audio` / `wav`; relative paths are resolved against th
 not leave it unless --allow-outside-root). `--run` is a run folder (its `export/`), an export folder (what
 `ser export` writes), not a CV folder (pass one fold: `--run cv/fold_3`).
 
-The path is the one training took: decode + resample (data/audio.py, same bad-input checks), the Whisper
+The path is the one training took: decode + resample (ser_lightning/audio.py, same bad-input checks), the Whisper
 log-mel front end and length policy, the frozen encoder named in head.json (`--encoder PATH` for a local
 copy of the same weights; other weights are refused by fingerprint), the encoder layer(s), features rounded
 to the feature-cache dtype, the head. Clips longer than the run's data.max_seconds (30 s at most) are cut
@@ -116,8 +116,8 @@ class Predictor:
 
         from ser_lightning.features.encoder import load_encoder
         from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend
-        from ser_lightning.run.ensemble import load_heads
-        from ser_lightning.run.export import find_export
+        from ser_lightning.features.pipeline import encoder_device
+        from ser_lightning.run.artifact import find_export, load_heads
 
         self.folder = find_export(run)
         # one head, or an ensemble's members (ensemble.json): their softmax probabilities are averaged
@@ -126,7 +126,7 @@ class Predictor:
         self.head, self.meta = loaded[0]
         self.class_names: List[str] = list(self.meta["class_names"])
         enc_info = self.meta["encoder"]
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or encoder_device())
         if encoder_module is None:
             source = encoder or enc_info["source"]
             try:
@@ -219,7 +219,7 @@ class Predictor:
         return records
 
     def _predict_items(self, items: List[Tuple[str, Optional[str]]], chunk: int) -> List[Dict[str, Any]]:
-        from ser_lightning.data.audio import BadAudioError, decode
+        from ser_lightning.audio import BadAudioError, decode
 
         records: List[Dict[str, Any]] = []
         pending: List[Tuple[Dict[str, Any], List[np.ndarray], List[Tuple[int, int]]]] = []

@@ -105,24 +105,16 @@ def run_probe(cfg: Any, policies: Sequence[str], c_grid: Sequence[float] = DEFAU
     requested layer's clip features concatenated into one vector (a row named by layers_key, e.g. '3+4+5+6')."""
     if stats not in ("mean", "meanstd"):
         raise ValueError(f"probe stats={stats!r}: use mean or meanstd")
-    import copy
-
-    import torch
-    from omegaconf import OmegaConf, open_dict
     from threadpoolctl import threadpool_limits
 
-    from ser_lightning.data.datamodule import FeatureSpec, SERDataModule
     from ser_lightning.data.folds import fold_speakers, make_split
-    from ser_lightning.features.encoder import load_encoder
     from ser_lightning.features.frontend import LengthPolicy
-    from ser_lightning.models.module import layer_list
+    from ser_lightning.features.pipeline import feature_spec, load_config_encoder
+    from ser_lightning.run.build import build_datamodule
 
-    if encoder is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        encoder = load_encoder(cfg.model.encoder, device=device, dtype=cfg.model.encoder_dtype, seed=cfg.seed)
-    layers = encoder.resolve_layers(layer_list(cfg.model.layers, cfg.model.layer))
+    encoder = load_config_encoder(cfg, encoder)
     speaker_norm = cfg.model.feature_norm == "speaker"
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    layers = feature_spec(cfg, encoder).layers
     rows: List[Any] = list(layers) + ([layers_key(layers)] if concat and len(layers) > 1 else [])
     results: Dict[str, Any] = {"encoder": encoder.source, "fingerprint": encoder.fingerprint, "layers": rows,
                                "C_grid": list(c_grid), "policies": {}, "seed": cfg.seed, "stats": stats,
@@ -131,14 +123,9 @@ def run_probe(cfg: Any, policies: Sequence[str], c_grid: Sequence[float] = DEFAU
     splits = None
     for name in policies:
         policy = LengthPolicy.parse(name)
-        c = copy.deepcopy(cfg)
-        with open_dict(c):
-            c.model.input_seconds = name
-        spec = FeatureSpec(layers, policy, True, c.cache.dir, c.cache.dtype, bool(c.cache.verify),
-                           int(c.cache.encode_batch_size))  # fmt: skip
-        dm = SERDataModule(data_cfg, spec, encoder, seed=cfg.seed)
+        _, dm = build_datamodule(cfg, encoder, policy=name, cached=True)
         if table is None:
-            table = dm._table()
+            table = dm.load_table()
             ds = table.dataset
             hashes, y = list(ds["sha256"]), np.asarray(ds["label"])
             speakers = np.asarray(ds["speaker"])
@@ -289,11 +276,11 @@ def add_subcommand(sub: argparse._SubParsersAction):
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="group selections and key=value overrides (options may follow them)")
 
     def run(args: argparse.Namespace) -> int:
-        from ser_lightning.run.bench import parse_late_options
-
-        args = parse_late_options(args, _add_options)
         from ser_lightning.config import compose, require
-        from ser_lightning.utils.io import atomic_write_json, atomic_write_text
+        from ser_lightning.run.options import merge_late_options
+        from ser_lightning.utils.io import append_markdown, atomic_write_json, atomic_write_text
+
+        args = merge_late_options(args, _add_options)
 
         cfg = compose(args.overrides)
         require(cfg, "data.root", "model.encoder")
@@ -308,8 +295,6 @@ def add_subcommand(sub: argparse._SubParsersAction):
         print(text)
         print(f"[ser probe] written {out / 'probe.json'} and {out / 'probe.md'}")
         if args.write:
-            from ser_lightning.run.bench import append_markdown
-
             append_markdown(Path(args.write), f"### `ser probe` {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n{text}")
         return 0
 

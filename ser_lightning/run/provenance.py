@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ser_lightning.utils.io import atomic_write_json
+from ser_lightning.utils.machine import machine_summary, versions
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -49,27 +49,6 @@ def git_diff_sha256(path: Path | None = None) -> Optional[str]:
     return hashlib.sha256(diff.stdout.encode()).hexdigest()
 
 
-def versions() -> Dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "torchaudio", "lightning", "transformers", "torchmetrics", "datasets", "wandb", "omegaconf",
-                "numpy", "safetensors", "soundfile", "ser_lightning"):  # fmt: skip
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.node()} ({cpu}, {os.cpu_count()} CPUs, {gpu})"
-
-
 def data_content_fingerprint(dataset: Any) -> str:
     """sha256 over the clips' audio content hashes, labels and speakers (order-free, path-free)."""
     rows = sorted(f"{h}|{y}|{s}" for h, y, s in zip(dataset["sha256"], dataset["label_name"], dataset["speaker"]))
@@ -81,7 +60,7 @@ def provenance(cfg: Any, datamodule: Any = None) -> Dict[str, Any]:
 
     info: Dict[str, Any] = {
         "versions": versions(), "git_commit": git_commit(), "git_diff_sha256": git_diff_sha256(),
-        "machine": machine(), "seed": int(cfg.seed), "deterministic": bool(cfg.trainer.deterministic),
+        "machine": machine_summary(), "seed": int(cfg.seed), "deterministic": bool(cfg.trainer.deterministic),
         "torch_threads": torch.get_num_threads(),
     }  # fmt: skip
     if datamodule is not None and getattr(datamodule, "table", None) is not None:
@@ -122,7 +101,7 @@ def write_provenance(path: Path | str, cfg: Any, datamodule: Any = None, encoder
     encoder identity and file list."""
     from omegaconf import OmegaConf
 
-    from ser_lightning.run.train import config_hash
+    from ser_lightning.run.rundir import config_hash
 
     record = dict(compact) if compact is not None else provenance(cfg, datamodule)
     record.update(

@@ -142,3 +142,12 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def append_markdown(path: Path | str, text: str) -> None:
+    """Append a measurement (a markdown section) to a results log such as docs/benchmarks.md."""
+    path = Path(path)
+    head = path.read_text() if path.exists() else "# Benchmarks\n"
+    if "<!-- ser bench results -->" not in head:
+        head = head.rstrip("\n") + "\n\n## Results appended by `ser bench`\n\n<!-- ser bench results -->\n"
+    atomic_write_text(path, head.rstrip("\n") + "\n\n" + text)

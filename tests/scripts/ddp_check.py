@@ -36,7 +36,8 @@ def main() -> int:
     from lightning.pytorch.callbacks import Callback
     from omegaconf import OmegaConf, open_dict
 
-    from ser_lightning.run.train import build, train
+    from ser_lightning.run.build import build_training
+    from ser_lightning.run.train import train
 
     base = OmegaConf.load(args.config)
     with open_dict(base):
@@ -64,7 +65,7 @@ def main() -> int:
     cfg = base.copy()
     with open_dict(cfg):
         cfg.output_dir = str(Path(args.out).parent / "ddp_eval_run")
-    _, dm, module = build(cfg)
+    _, dm, module = build_training(cfg)
     seen = SeenIndices()
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, strategy="ddp", logger=False, callbacks=[seen],

@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Tuple
 
-from ser_lightning.data.audio import ZIP_SEPARATOR
+from ser_lightning.audio import ZIP_SEPARATOR
 from ser_lightning.data.corpora.base import CorpusTable, Utterance, register
 
 EMOTIONS = {"A": "anger", "H": "happiness", "N": "neutral", "S": "sadness", "W": "surprise", "F": "fear"}

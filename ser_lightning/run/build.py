@@ -1,0 +1,50 @@
+"""From a configuration to the objects a job runs: the datamodule (every job) and the LightningModule (train).
+
+Every job builds through here and features/pipeline.py: the encoder (one device rule, `model.compile`), the
+FeatureSpec and the cache are made in one place, so train, cv, cache, probe and bench cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+from omegaconf import DictConfig
+
+from ser_lightning.features.encoder import FrozenWhisperEncoder
+from ser_lightning.features.pipeline import encoder_identity, feature_spec, head_layers, load_config_encoder
+
+
+def build_datamodule(cfg: DictConfig, encoder: Optional[FrozenWhisperEncoder] = None, *, report_dir: Optional[str] = None,
+                     data: Any = None, **spec_overrides: Any):  # fmt: skip
+    """(encoder, SERDataModule) of a configuration; `data` replaces cfg.data (e.g. with another fold or corpus),
+    `spec_overrides` go to feature_spec (layers=, policy=, cached=)."""
+    from ser_lightning.data.datamodule import SERDataModule, as_data_config
+
+    encoder = load_config_encoder(cfg, encoder)
+    spec = feature_spec(cfg, encoder, **spec_overrides)
+    dm = SERDataModule(as_data_config(cfg.data if data is None else data), spec, encoder, seed=int(cfg.seed),
+                       report_dir=report_dir)  # fmt: skip
+    return encoder, dm
+
+
+def build_training(cfg: DictConfig, encoder: Optional[FrozenWhisperEncoder] = None) -> Tuple[FrozenWhisperEncoder, Any, Any]:
+    """Encoder, datamodule (set up for fitting) and LightningModule; sizes flow from the encoder and the data."""
+    from omegaconf import OmegaConf
+
+    from ser_lightning.models.head import HeadConfig, SERHead
+    from ser_lightning.models.module import SERModule
+
+    encoder, dm = build_datamodule(cfg, encoder, report_dir=cfg.output_dir)
+    dm.setup("fit")
+    spec = dm.features
+    query, kv = head_layers(cfg.model, encoder)
+    head_config = HeadConfig.from_options(OmegaConf.to_container(cfg.model, resolve=True), input_dim=encoder.output_dim,  # type: ignore[arg-type]
+                                          num_classes=dm.num_classes, num_layers=len(query), num_kv_layers=len(kv))  # fmt: skip
+    o = cfg.optim
+    module = SERModule(
+        SERHead(head_config), dm.class_names, lr=o.lr, weight_decay=o.weight_decay, warmup_ratio=o.warmup_ratio,
+        label_smoothing=o.label_smoothing, class_weights=dm.class_weights if o.class_weighted else None,
+        encoder=None if spec.cached else encoder, layers=spec.layers,
+        encoder_info=encoder_identity(encoder, spec.layers, spec.policy.name),
+    )  # fmt: skip
+    return encoder, dm, module
