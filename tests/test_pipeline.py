@@ -147,8 +147,9 @@ def test_head_json_holds_the_head_config_and_older_exports_still_load(tmp_path):
 
 def test_run_identity_defaults_come_from_the_schema():
     """Fields marked later=True in the schema are left out of config_hash at their default (older runs keep
-    their identity): the same set the hand-kept list held before."""
+    their identity): the set the hand-kept list held before, plus the cross-layer attention fields added since."""
     from ser_lightning.run.rundir import identity_defaults
 
     assert identity_defaults() == {"ensemble": {"members": 1}, "data.subset_seed": None, "model.context": "none",
-                                   "model.context_layers": 1, "data.speed_perturb": []}  # fmt: skip
+                                   "model.context_layers": 1, "data.speed_perturb": [], "model.cma_layers": None,
+                                   "model.cma_heads": 4, "model.cma_query_fusion": "conv"}  # fmt: skip
