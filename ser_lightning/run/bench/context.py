@@ -126,7 +126,8 @@ def context_markdown(rows: List[Dict[str, Any]], dim: int, memory_gb: float, bud
         f"Temporal context layers at head width {dim} (one layer, {FRAMES_PER_SECOND} frames per second of audio); "
         f"per cell: best of the runs, peak memory the section added; ratios against softmax self-attention "
         f"(transformer) at the same length and batch. OOM = a real allocation failure under a {memory_gb:g} GB "
-        f"limit; skipped = a shorter input already took longer than {budget_s:g} s.",
+        f"address-space (virtual memory) limit on the CPU, which counts more than the resident memory; skipped = a "
+        f"shorter input already took longer than {budget_s:g} s.",
         "",
         "| context | audio | batch | forward | forward + backward |",
         "|---|---|---|---|---|",
