@@ -150,7 +150,7 @@ def test_ravdess_presets_compose_to_the_runs_they_report():
         "ravdess_speaker_qkv": ("qkv", [4], "speaker", "none", 1, [], 10),
         "ravdess_speaker_best": ("mean", [3, 4, 5, 6], "speaker", "none", 1, [], 10),
     }
-    from ser_lightning.models.module import layer_list
+    from ser_lightning.features.pipeline import layer_list
 
     for name, (pooling, layers, norm, context, members, speeds, epochs) in expected.items():
         cfg = compose([f"experiment={name}"])

@@ -8,7 +8,7 @@ device, what the head reads from it (FeatureSpec) and the feature cache those fe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch

@@ -21,6 +21,16 @@ import torch
 from torch import nn
 
 
+def sinusoidal_positions(t: int, d: int, device: torch.device) -> torch.Tensor:
+    """(T, D) sinusoidal frame positions from the clip's start (the same for a clip alone or padded): without them
+    self-attention followed by a pooling would not see frame order at all."""
+    pos = torch.arange(t, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.zeros(t, d, device=device)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq[: d // 2])
+    return pe
+
+
 class NoContext(nn.Module):
     def __init__(self, **_: object) -> None:
         super().__init__()
@@ -57,13 +67,7 @@ class TransformerContext(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # sinusoidal frame positions (from the clip's start: the same for a clip alone or padded): without them
-        # self-attention followed by a pooling would not see frame order at all
-        t, d = h.shape[1], h.shape[2]
-        pos = torch.arange(t, device=h.device, dtype=torch.float32)[:, None]
-        freq = torch.exp(torch.arange(0, d, 2, device=h.device, dtype=torch.float32) * (-math.log(10000.0) / d))
-        pe = torch.zeros(t, d, device=h.device)
-        pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq[: d // 2])
+        pe = sinusoidal_positions(h.shape[1], h.shape[2], h.device)
         return self.encoder(h + pe.to(h.dtype), src_key_padding_mask=~mask)  # padded keys get no attention weight
 
 
@@ -83,8 +87,6 @@ class LinearContext(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        from ser_lightning.models.linear_attention import sinusoidal_positions
-
         h = h + sinusoidal_positions(h.shape[1], h.shape[2], h.device).to(h.dtype)
         for attn, n1, n2, ffn in zip(self.attn, self.norm1, self.norm2, self.ffn):
             h = h + self.dropout(attn(n1(h), mask))

@@ -133,17 +133,6 @@ def bidirectional(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_gate: t
     return forward + backward
 
 
-def sinusoidal_positions(t: int, d: int, device: torch.device) -> torch.Tensor:
-    """(T, D) sinusoidal frame positions from the clip's start (the same for a clip alone or padded)."""
-    import math
-
-    pos = torch.arange(t, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
-    pe = torch.zeros(t, d, device=device)
-    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq[: d // 2])
-    return pe
-
-
 class LinearAttention(torch.nn.Module):
     """Bidirectional multi-head attention of linear cost in the length: kind = linear | retention | gla.
 

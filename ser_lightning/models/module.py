@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from ser_lightning.features.encoder import FrozenWhisperEncoder
-from ser_lightning.features.pipeline import layer_list  # noqa: F401  (re-exported: model.layers / model.layer)
 from ser_lightning.models.head import SERHead
 from ser_lightning.models.metrics import build_confusion, build_metrics, confusion_to_list, to_floats
 

@@ -20,13 +20,6 @@ DEFAULT_LENGTHS_S = (4, 30, 120, 600)
 DEFAULT_BATCHES = (1, 16)
 
 
-def _rss() -> int:
-    import os
-
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _measure(kind: str, frames: int, batch: int, dim: int, device: str, memory_gb: float, repeats: int, queue: Any) -> None:
     """Child process: forward (eval, no grad) and forward+backward (train) times and peak memory."""
     import resource
@@ -34,9 +27,10 @@ def _measure(kind: str, frames: int, batch: int, dim: int, device: str, memory_g
     import torch
 
     from ser_lightning.models.context import build_context
+    from ser_lightning.run.bench.memory import PeakMemory
 
     if device == "cpu" and memory_gb > 0:
-        limit = int(memory_gb * 2**30) + _rss() + 2 * 2**30  # what the section may add, over the process as it is
+        limit = int(memory_gb * 2**30) + PeakMemory.rss() + 2 * 2**30  # what the section may add, over the process as it is
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     out: Dict[str, Any] = {}
     try:
@@ -54,7 +48,7 @@ def _measure(kind: str, frames: int, batch: int, dim: int, device: str, memory_g
             context.train(train)
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            base = _rss()
+            base = PeakMemory.rss()
             times = []
             for i in range(repeats + 1):  # the first run warms up (lazy init, allocator), not counted
                 xi = x.detach().requires_grad_(train)
