@@ -149,6 +149,9 @@ def test_ravdess_presets_compose_to_the_runs_they_report():
         "ravdess_speaker_attentive": ("attentive", [4], "speaker", "none", 1, [], 10),
         "ravdess_speaker_qkv": ("qkv", [4], "speaker", "none", 1, [], 10),
         "ravdess_speaker_best": ("mean", [3, 4, 5, 6], "speaker", "none", 1, [], 10),
+        # the best cross-layer-attention and linear-cost-context heads (docs/results/ravdess_seed_heads.md)
+        "ravdess_cma": ("mean", [3, 4, 5, 6], "standardize", "none", 1, [], 10),
+        "ravdess_retention": ("mean", [3, 4, 5, 6], "standardize", "retention", 1, [], 10),
     }
     from ser_lightning.features.pipeline import layer_list
 
@@ -163,6 +166,25 @@ def test_ravdess_presets_compose_to_the_runs_they_report():
         assert (cfg.model.heads, cfg.model.head_dim, cfg.model.proj_dim) == (6, 4, 256)
         # the regularisers that raised every preset's validation UA
         assert cfg.model.feature_dropout == pytest.approx(0.2) and cfg.optim.label_smoothing == pytest.approx(0.1)
+
+
+def test_seed_head_presets_are_the_sweep_trials_they_report():
+    """ravdess_cma / ravdess_retention compose to exactly the sweep trials whose rows they quote, except the name."""
+    from omegaconf import OmegaConf
+
+    def sections(cfg):
+        return {k: OmegaConf.to_container(cfg[k]) for k in ("data", "model", "optim", "trainer", "ensemble")}
+
+    trials = {
+        "ravdess_cma": ("ravdess_cma.yaml", ["model.layers=[3,4,5,6]"]),
+        "ravdess_retention": ("ravdess_contexts.yaml", ["model.context=retention"]),
+    }
+    for preset, (sweep, varying) in trials.items():
+        config = S.load_sweep_config(ROOT / "sweeps" / sweep)
+        fixed = [f"{k}={v['value'] if isinstance(v['value'], str) else json.dumps(v['value'])}"
+                 for k, v in config["parameters"].items() if "value" in v and k != "cv.workers"]
+        trial = compose(fixed + varying)
+        assert sections(compose([f"experiment={preset}", "model.encoder=openai/whisper-base"])) == sections(trial), preset
 
 
 def test_local_command_trial_names_and_refusals(tmp_path):
