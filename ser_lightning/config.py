@@ -66,15 +66,20 @@ class DataConfig:
 
 
 @dataclass
+class CMAConfig:
+    layers: Optional[List[int]] = _f(None, "Encoder layers of the key/value ('linguistic') stream the fused model.layers attend to; None = the last layer. Cached like any layer.")
+    heads: int = _f(4, "Attention heads of the cross-layer attention.")
+    query_fusion: str = _f("conv", "How several model.layers fuse into the query stream: conv (Qieemo's MMF) or weighted.")
+
+
+@dataclass
 class ModelConfig:
     encoder: str = _f(MISSING, "Whisper encoder: hub id (openai/whisper-small), local folder, or random:<tiny|base|small|medium|large-v3|test>.")
     layer: int = _f(-1, "Encoder block whose output is used, 1..L (-1 = last, L). hidden_states[k] in transformers.")
     layers: Optional[List[int]] = _f(None, "Several blocks to fuse (overrides layer), e.g. [3,4,5,6].")
-    fusion: str = _f("weighted", "How `layers` are fused: weighted (learned softmax sum, SUPERB), conv (Qieemo's multi-block fusion), cma (the fused layers attend to model.cma_layers: Qieemo's cross-layer attention).")
+    fusion: str = _f("weighted", "How `layers` are fused: weighted (learned softmax sum, SUPERB), conv (Qieemo's multi-block fusion), cma (the fused layers attend to model.cma.layers: Qieemo's cross-layer attention).")
     fusion_layernorm: bool = _f(True, "LayerNorm each fused layer before mixing.")
-    cma_layers: Optional[List[int]] = _f(None, "model.fusion=cma: encoder layers of the key/value ('linguistic') stream the fused model.layers attend to; None = the last layer. Cached like any layer.", later=True)
-    cma_heads: int = _f(4, "model.fusion=cma: attention heads of the cross-layer attention.", later=True)
-    cma_query_fusion: str = _f("conv", "model.fusion=cma: how several model.layers fuse into the query stream: conv (Qieemo's MMF) or weighted.", later=True)
+    cma: CMAConfig = _f(None, "model.fusion=cma: the cross-layer attention (model.cma.layers / heads / query_fusion).", factory=CMAConfig, later=True)
     feature_norm: str = _f("none", "none; standardize: per-channel mean/std of each layer over the training split's frames (computed once per fold from the feature cache, stored in the head), applied before the projector. Whisper's residual stream has outlier channels (whisper-base layers 4-5: one ~40x the median RMS). speaker: per-speaker standardisation: every clip is normalised with the mean/std of ITS OWN speaker's clips (training, validation and test speakers alike; labels never used). A speaker-adaptive protocol: at inference it needs unlabelled clips of the speaker (`ser predict` groups clips by a manifest's speaker column); README 'Speaker normalisation'.")
     input_seconds: str = _f("10", "Encoder input length: seconds to pad each clip to (default '10': probe UA as good as 30 s at every whisper-base layer, 3.5x cheaper), '30' (the paper), or 'clip' (own length, masked; ~10x cheaper than 30, as good except at the last layer).")
     pooling: str = _f("qkv", "Pooling: mean, stats (mean + std), attentive, qkv, attentive_stats, learned_query.")
@@ -272,7 +277,7 @@ def validate(cfg: DictConfig) -> None:
     from ser_lightning.models.head import FEATURE_NORMS
     from ser_lightning.models.pooling import POOLINGS
 
-    for key, choices in (("model.pooling", POOLINGS), ("model.fusion", FUSIONS), ("model.cma_query_fusion", QUERY_FUSIONS),
+    for key, choices in (("model.pooling", POOLINGS), ("model.fusion", FUSIONS), ("model.cma.query_fusion", QUERY_FUSIONS),
                          ("model.context", CONTEXTS),
                          ("model.feature_norm", FEATURE_NORMS), ("model.encoder_dtype", ("auto", *DTYPE_NAMES)),
                          ("cache.dtype", DTYPES)):  # fmt: skip
@@ -292,8 +297,8 @@ def validate(cfg: DictConfig) -> None:
                           "(1.0, the clip itself, is always drawn too), e.g. [0.9, 1.1]")  # fmt: skip
     if cfg.ensemble.members < 1:
         raise ConfigError(f"ensemble.members={cfg.ensemble.members}: need at least 1 head per fold")
-    for name in ("heads", "head_dim", "proj_dim", "context_layers", "cma_heads"):
-        if getattr(cfg.model, name) < 1:
+    for name in ("heads", "head_dim", "proj_dim", "context_layers", "cma.heads"):
+        if OmegaConf.select(cfg.model, name) < 1:
             raise ConfigError(f"model.{name} must be >= 1")
 
 

@@ -66,14 +66,15 @@ def test_cma_trains_exports_and_predicts_the_same_scores(tmp_path, ravdess_root)
 
     cfg = compose([
         "data=ravdess", f"data.root={ravdess_root}", "data.fold=2", "data.limit_per_class=12", "model.encoder=random:test",
-        "model.layers=[1]", "model.fusion=cma", "model.pooling=mean", "model.input_seconds=clip", "trainer.max_epochs=2",
+        "model.layers=[2]", "model.fusion=cma", "model.cma.layers=[1]", "model.cma.heads=2", "model.pooling=mean", "model.input_seconds=clip", "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false", "wandb.mode=disabled", f"cache.dir={tmp_path / 'cache'}",
         f"data.table_cache_dir={tmp_path / 'tables'}", f"output_dir={tmp_path / 'run'}",
     ])  # fmt: skip
     results = train(cfg)
-    assert results["layers"] == [1, 2]  # the query layer, then the key/value layer (the last one by default)
+    assert results["layers"] == [2, 1]  # the query layer, then the key/value layer (model.cma.layers)
     meta = json.loads((tmp_path / "run" / "export" / "head.json").read_text())
     assert (meta["head"]["fusion"], meta["head"]["num_layers"], meta["head"]["num_kv_layers"]) == ("cma", 1, 1)
+    assert meta["head"]["cma_heads"] == 2
     stored = json.loads((tmp_path / "run" / "test_predictions.json").read_text())
     records = predict_files(tmp_path / "run", stored["path"][:6])
     for record, probs in zip(records, stored["probabilities"][:6]):
@@ -81,7 +82,7 @@ def test_cma_trains_exports_and_predicts_the_same_scores(tmp_path, ravdess_root)
         assert [record["probs"][c] for c in stored["class_names"]] == pytest.approx(probs, abs=1e-4)
     # the attention maps of a few test clips and each head's entropy, shown by `ser report`
     attention = json.loads((tmp_path / "run" / "results.json").read_text())["cma_attention"]
-    assert len(attention["entropy_per_head"]) == 4 and all(0 <= x <= 1 for x in attention["entropy_per_head"])
+    assert len(attention["entropy_per_head"]) == 2 and all(0 <= x <= 1 for x in attention["entropy_per_head"])
     assert (tmp_path / "run" / attention["map"]).is_file()
     from ser_lightning.run.report import make_report
 

@@ -61,11 +61,19 @@ def test_config_fields_lists_every_field_with_help(capsys):
 
     assert main(["config", "--fields"]) == 0
     out = capsys.readouterr().out
+    def check(section_cls, prefix):
+        for f in dc_fields(section_cls):
+            if hasattr(f.default_factory, "__dataclass_fields__"):  # a nested section (model.cma): its help, then its fields
+                line = next((l for l in out.splitlines() if l.strip().startswith(f"{prefix}{f.name}: ")), None)
+                assert line is not None and f.metadata["help"] in line, f"{prefix}{f.name} missing"
+                check(f.default_factory, f"{prefix}{f.name}.")
+                continue
+            line = next((l for l in out.splitlines() if l.strip().startswith(f"{prefix}{f.name} = ")), None)
+            assert line is not None, f"{prefix}{f.name} missing"
+            assert f.metadata["help"] in line
+
     for section in dc_fields(SERConfig):
-        factory = section.default_factory
-        if hasattr(factory, "__dataclass_fields__"):
-            for f in dc_fields(factory):
-                line = next((l for l in out.splitlines() if l.strip().startswith(f"{section.name}.{f.name} = ")), None)
-                assert line is not None, f"{section.name}.{f.name} missing"
-                assert f.metadata["help"] in line
+        if hasattr(section.default_factory, "__dataclass_fields__"):
+            check(section.default_factory, f"{section.name}.")
+    assert "model.cma.heads = 4:" in out
     assert "ensemble.members = 1:" in out and "model.context = 'none':" in out

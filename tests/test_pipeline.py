@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 import torch
 
 from ser_lightning.config import compose
@@ -116,10 +117,16 @@ def test_every_head_option_is_a_model_option():
 
     sizes = {"input_dim", "num_classes", "num_layers", "num_kv_layers"}
     head_fields = {f.name for f in fields(HeadConfig)} - sizes
-    assert head_fields <= {f.name for f in fields(ModelConfig)}, head_fields - {f.name for f in fields(ModelConfig)}
-    cfg = compose(["model.encoder=random:test", "model.pooling=attentive", "model.heads=3", "model.context=conv"])
-    hc = HeadConfig.from_options(dict(cfg.model), input_dim=64, num_classes=5, num_layers=2)
+    from ser_lightning.config import CMAConfig
+
+    # model.cma.<x> is the head's cma_<x>
+    model_fields = {f.name for f in fields(ModelConfig)} | {f"cma_{f.name}" for f in fields(CMAConfig)}
+    assert head_fields <= model_fields, head_fields - model_fields
+    cfg = compose(["model.encoder=random:test", "model.pooling=attentive", "model.heads=3", "model.context=conv",
+                   "model.cma.heads=2", "model.cma.query_fusion=weighted"])  # fmt: skip
+    hc = HeadConfig.from_options(OmegaConf.to_container(cfg.model), input_dim=64, num_classes=5, num_layers=2)
     assert (hc.pooling, hc.heads, hc.context, hc.num_layers, hc.num_classes) == ("attentive", 3, "conv", 2, 5)
+    assert (hc.cma_heads, hc.cma_query_fusion) == (2, "weighted")
     with pytest.raises(ValueError, match="pooling='max'.*mean"):
         HeadConfig(input_dim=8, num_classes=2, pooling="max")
 
@@ -151,5 +158,5 @@ def test_run_identity_defaults_come_from_the_schema():
     from ser_lightning.run.rundir import identity_defaults
 
     assert identity_defaults() == {"ensemble": {"members": 1}, "data.subset_seed": None, "model.context": "none",
-                                   "model.context_layers": 1, "data.speed_perturb": [], "model.cma_layers": None,
-                                   "model.cma_heads": 4, "model.cma_query_fusion": "conv"}  # fmt: skip
+                                   "model.context_layers": 1, "data.speed_perturb": [], "model.cma": {"layers": None,
+                                   "heads": 4, "query_fusion": "conv"}}  # fmt: skip

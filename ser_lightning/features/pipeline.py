@@ -73,11 +73,11 @@ def layer_list(layers: Optional[Sequence[int]], layer: int) -> List[int]:
 
 def head_layers(model: Any, encoder: FrozenWhisperEncoder) -> tuple:
     """(query layers, key/value layers), resolved 1..L: model.layers (or [model.layer]); with model.fusion=cma also
-    model.cma_layers (default: the last layer), else []. The head reads them in that order."""
+    model.cma.layers (default: the last layer), else []. The head reads them in that order."""
     query = encoder.resolve_layers(layer_list(model.layers, model.layer))
     kv: List[int] = []
     if model.get("fusion") == "cma":
-        kv = encoder.resolve_layers(list(model.get("cma_layers") or [-1]))
+        kv = encoder.resolve_layers(list((model.get("cma") or {}).get("layers") or [-1]))
     return query, kv
 
 

@@ -5,7 +5,7 @@
   learned convolution over the block axis (a 1x1 Conv1d whose channels are the blocks; the paper's Conv2D over
   the (block, feature) plane with a kernel spanning the blocks);
 - cma: Qieemo's cross-layer attention (CMA): the fused "emotional" stream of `model.layers` (fused by
-  `model.cma_query_fusion`) is the query and attends to a second read-out, `model.cma_layers` (default the last
+  `model.cma.query_fusion`) is the query and attends to a second read-out, `model.cma.layers` (default the last
   layer: the closest Whisper has to a phonetic stream), projected to the head's width; multi-head, padded keys
   masked, residual + feed-forward. Both streams are cached layers: nothing extra is encoded.
 """
@@ -58,7 +58,7 @@ class CrossLayerAttention(nn.Module):
     def __init__(self, dim: int, heads: int = 4, dropout: float = 0.1) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"model.fusion=cma: proj_dim {dim} is not divisible by model.cma_heads={heads}")
+            raise ValueError(f"model.fusion=cma: proj_dim {dim} is not divisible by model.cma.heads={heads}")
         self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))

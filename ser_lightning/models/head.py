@@ -62,7 +62,7 @@ class HeadConfig:
     input_dim: int  # encoder width (encoder.output_dim)
     num_classes: int  # datamodule.num_classes
     num_layers: int = 1  # encoder layers fused (model.layers)
-    num_kv_layers: int = 0  # fusion=cma: layers of the key/value stream (model.cma_layers), after the query layers
+    num_kv_layers: int = 0  # fusion=cma: layers of the key/value stream (model.cma.layers), after the query layers
     pooling: str = "qkv"
     proj_dim: int = 256
     heads: int = 6
@@ -91,7 +91,7 @@ class HeadConfig:
                 raise ValueError(f"{name}={value!r}: use one of {', '.join(choices)}")
         if (self.fusion == "cma") != (self.num_kv_layers > 0):
             raise ValueError(f"fusion={self.fusion!r} with {self.num_kv_layers} key/value layers: cross-layer attention "
-                             "(fusion=cma) needs its key/value layers (model.cma_layers), and only it reads them")  # fmt: skip
+                             "(fusion=cma) needs its key/value layers (model.cma.layers), and only it reads them")  # fmt: skip
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], input_dim: int, num_classes: int, num_layers: int = 1,
@@ -99,7 +99,8 @@ class HeadConfig:
         """The head a `model` config section describes (its fields of the same names; the sizes come from the
         encoder and the data). Keys the section lacks keep their defaults (head.json of older exports)."""
         sizes = {"input_dim": input_dim, "num_classes": num_classes, "num_layers": num_layers, "num_kv_layers": num_kv_layers}
-        return cls(**sizes, **{f.name: options[f.name] for f in fields(cls) if f.name not in sizes and f.name in options})
+        flat = {**options, **{f"cma_{k}": v for k, v in (options.get("cma") or {}).items()}}  # model.cma.heads -> cma_heads
+        return cls(**sizes, **{f.name: flat[f.name] for f in fields(cls) if f.name not in sizes and f.name in flat})
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "HeadConfig":
