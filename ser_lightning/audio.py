@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import struct
 import zipfile
 import zlib
@@ -115,6 +116,16 @@ class AudioInfo:
     channels: int
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _decoder_message(error: Exception, path: str) -> str:
+    """The decoder's error text with the in-memory buffer it was given (`<_io.BytesIO object at 0x...>`, which
+    names nothing) replaced by the file's path."""
+    text = _OBJECT_REPR.sub(lambda _: repr(str(path)), str(error)).strip()
+    return text or type(error).__name__
+
+
 def decode(path: str, target_sr: int = 16000, min_seconds: float = 0.1) -> Tuple[np.ndarray, AudioInfo]:
     """Read one clip as mono float32 at target_sr; raise BadAudioError with the reason if it is unusable."""
     import soundfile as sf
@@ -128,7 +139,7 @@ def decode(path: str, target_sr: int = 16000, min_seconds: float = 0.1) -> Tuple
     try:
         wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError with libsndfile's text
-        raise BadAudioError(path, f"unreadable or truncated audio ({e})") from None
+        raise BadAudioError(path, f"unreadable or truncated audio ({_decoder_message(e, path)})") from None
     channels = wave.shape[1]
     if wave.shape[0] == 0:
         raise BadAudioError(path, "no samples (empty or truncated audio)")

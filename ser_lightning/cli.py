@@ -55,7 +55,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     cfg = compose(args.overrides)
     require(cfg, "data.root")
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    stats = data_stats(data_cfg, num_folds=cfg.data.num_folds, val_speakers=cfg.data.val_speakers, seed=cfg.seed)
+    stats = data_stats(data_cfg, num_folds=cfg.data.num_folds, val_speakers=cfg.data.val_speakers, seed=cfg.seed,
+                       val_fraction=cfg.data.val_fraction)  # fmt: skip
     print(format_stats(stats))
     out = args.json or f"{cfg.output_dir}/data_stats.json"
     atomic_write_json(out, stats)

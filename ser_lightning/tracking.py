@@ -137,6 +137,13 @@ def make_logger(cfg: Any, output_dir: Path, run_config: Dict[str, Any]):
     )
 
 
+def offline_wandb(cfg: Any, logger: Any) -> bool:
+    """Whether `logger` writes an offline W&B run (the case where a resumed run starts a new local run folder)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return isinstance(logger, WandbLogger) and wandb_mode(cfg.wandb.mode) == "offline" and is_global_zero()
+
+
 def _stable_run_id(output_dir: Path) -> str:
     import hashlib
 
@@ -202,6 +209,12 @@ def cv_metrics(summary: Mapping[str, Any]) -> Dict[str, float]:
         if isinstance(value, Mapping) and "mean" in value and "std" in value:
             out[f"cv/{key}_mean"] = float(value["mean"])
             out[f"cv/{key}_std"] = float(value["std"])
+    for key, value in (summary.get("pooled") or {}).items():
+        if isinstance(value, (int, float)):
+            out[f"cv/pooled/{key}"] = float(value)  # all folds' test predictions concatenated
+    for key in ("skipped", "cropped"):
+        if isinstance(summary.get("data"), Mapping):
+            out[f"cv/data/{key}"] = float(summary["data"].get(key, 0))
     if "folds" in summary:
         out["cv/n_folds"] = float(len(summary["folds"]))
     if "n_test" in summary:

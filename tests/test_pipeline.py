@@ -159,4 +159,5 @@ def test_run_identity_defaults_come_from_the_schema():
 
     assert identity_defaults() == {"ensemble": {"members": 1}, "data.subset_seed": None, "model.context": "none",
                                    "model.context_layers": 1, "data.speed_perturb": [], "model.cma": {"layers": None,
-                                   "heads": 4, "query_fusion": "conv"}}  # fmt: skip
+                                   "heads": 4, "query_fusion": "conv"}, "data.val_fraction": None,
+                                   "data.allow_incomplete_val": False}  # fmt: skip

@@ -48,4 +48,8 @@ def test_stats_with_auto_folds_and_missing_class_warning(tmp_path, cfg):
     assert all(len(f["test"]["speaker_ids"]) == 1 for f in stats["folds"])
     rare_fold = next(f for f in stats["folds"] if f["test"]["speaker_ids"] == ["a5"])
     assert rare_fold["train"]["missing_classes"] == ["rare"]
-    assert "WARNING classes missing" in format_stats(stats)
+    text = format_stats(stats)
+    assert f"WARNING fold {rare_fold['fold']} train split has no rare" in text
+    # said up front, with the fold count that would work: 'rare' has one speaker, so none does
+    assert "5 folds cannot each hold every class: calm (4 speakers), loud (4 speakers), rare (1 speaker)" in text
+    assert "no speaker-independent fold count can give every test fold every class" in text

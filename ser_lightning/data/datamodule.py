@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ser_lightning.config import DataConfig
-from ser_lightning.data.folds import FoldError, FoldSplit, check_independence, make_split
+from ser_lightning.data.corpora.base import Utterance
+from ser_lightning.data.folds import FoldError, FoldSplit, check_independence, make_split, missing_classes_message
 from ser_lightning.data.table import UtteranceTable, build_table
 from ser_lightning.features.cache import FeatureCache
 from ser_lightning.features.encoder import FrozenWhisperEncoder
@@ -201,6 +202,11 @@ class SpeedPerturbBatchSampler(Sampler[List[Tuple[int, int]]]):
         return len(self.batches)
 
 
+def dataset_rows(ds: Any) -> List[Utterance]:
+    """The clips a run uses (after skipped bad audio and debug subsets) as utterances, for folds.make_split."""
+    return [Utterance(p, label, s) for p, label, s in zip(ds["path"], ds["label_name"], ds["speaker"])]
+
+
 def as_data_config(data: DataConfig | Mapping[str, Any]) -> DataConfig:
     """A typed DataConfig from a DataConfig, the `data` section of a composed config, or a plain mapping (keys it
     lacks keep the schema defaults; unknown keys are refused with the list of valid ones)."""
@@ -303,6 +309,7 @@ class SERDataModule(L.LightningDataModule):
         table = self.load_table()
         self.split = make_split(
             table.corpus, self.cfg.fold, self.cfg.num_folds, self.cfg.val_speakers, self.cfg.val_speaker_ids, self.seed,
+            val_fraction=self.cfg.val_fraction, rows=dataset_rows(table.dataset),
         )  # fmt: skip
         ds = table.dataset
         speakers = ds["speaker"]
@@ -329,17 +336,42 @@ class SERDataModule(L.LightningDataModule):
                 if s in seen and seen[s] != name:
                     raise FoldError(f"speaker {s} is in both {seen[s]} and {name} (fold {self.split.fold})")
                 seen[s] = name
+        self._check_duplicate_audio()
         for name in ("train", "test"):
             missing = [c for c, n in zip(self.class_names, np.bincount(self.splits[name]["label"], minlength=self.num_classes)) if n == 0]
             if missing:
-                raise FoldError(
-                    f"fold {self.split.fold}: the {name} split has no clips of class(es) {missing} "
-                    f"(speakers {sorted(set(self.splits[name]['speaker']))}); choose other folds or classes"
-                )
+                raise FoldError(self._missing_message(name, missing))
         val_counts = np.bincount(self.splits["val"]["label"], minlength=self.num_classes)
         missing = [c for c, n in zip(self.class_names, val_counts) if n == 0]
         if missing:
-            warnings.warn(f"fold {self.split.fold}: validation speakers have no clips of {missing}; val/ua averages the rest")
+            if not self.cfg.allow_incomplete_val:
+                raise FoldError(self._missing_message("val", missing))
+            warnings.warn(f"fold {self.split.fold}: validation speakers have no clips of {missing}; val/ua averages the "
+                          "rest (data.allow_incomplete_val=true)")  # fmt: skip
+
+    def _check_duplicate_audio(self) -> None:
+        """The same audio content (the table's sha256) under several paths: in two splits it is leakage (an error
+        naming the files); within one split it is counted twice (a warning naming them)."""
+        assert self.split is not None
+        where: Dict[str, List[Tuple[str, str, str]]] = {}
+        for name, d in self.splits.items():
+            for h, path, speaker in zip(d["sha256"], d["path"], d["speaker"]):
+                where.setdefault(h, []).append((name, path, speaker))
+        repeated = {h: v for h, v in where.items() if len(v) > 1}
+        leaks = {h: v for h, v in repeated.items() if len({n for n, _, _ in v}) > 1}
+        if leaks:
+            listing = "; ".join(" = ".join(f"{p} ({n}, speaker {s})" for n, p, s in v) for v in list(leaks.values())[:10])
+            raise FoldError(f"fold {self.split.fold}: {len(leaks)} identical recording(s) in two splits (leakage): {listing}. "
+                            "Remove the copies, or give each copy the same speaker so they share a split")  # fmt: skip
+        if repeated:
+            listing = "; ".join(" = ".join(p for _, p, _ in v) for v in list(repeated.values())[:10])
+            warnings.warn(f"fold {self.split.fold}: {len(repeated)} recording(s) appear under several paths in one split "
+                          f"(each copy counts): {listing}")  # fmt: skip
+
+    def _missing_message(self, split: str, missing: List[str]) -> str:
+        assert self.split is not None and self.table is not None
+        return missing_classes_message(self.table.corpus, self.split, split, sorted(set(self.splits[split]["speaker"])), missing,
+                                       self.class_names, self.cfg.num_folds, self.seed)  # fmt: skip
 
     @property
     def class_weights(self) -> torch.Tensor:

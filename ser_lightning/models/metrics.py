@@ -35,3 +35,23 @@ def to_floats(values: Dict[str, torch.Tensor]) -> Dict[str, float]:
 
 def confusion_to_list(cm: torch.Tensor) -> List[List[int]]:
     return [[int(x) for x in row] for row in cm.tolist()]
+
+
+def confusion_metrics(cm: Sequence[Sequence[int]]) -> Dict[str, float]:
+    """WA, UA, macro / weighted F1 of a confusion matrix (rows = true class): the metrics of the concatenated
+    predictions it counts (used for the pooled metrics of a CV). A class absent from the rows is left out of UA
+    and macro F1 (its recall is undefined) and listed in `absent`."""
+    n = len(cm)
+    support = [sum(cm[i]) for i in range(n)]
+    predicted = [sum(cm[i][j] for i in range(n)) for j in range(n)]
+    total = sum(support)
+    present = [i for i in range(n) if support[i] > 0]
+    recall = {i: cm[i][i] / support[i] for i in present}
+    f1 = {i: 2 * cm[i][i] / (support[i] + predicted[i]) for i in present}
+    return {
+        "wa": sum(cm[i][i] for i in range(n)) / total if total else 0.0,
+        "ua": sum(recall.values()) / len(present) if present else 0.0,
+        "f1_macro": sum(f1.values()) / len(present) if present else 0.0,
+        "f1_weighted": sum(f1[i] * support[i] for i in present) / total if total else 0.0,
+        "absent": [i for i in range(n) if support[i] == 0],
+    }

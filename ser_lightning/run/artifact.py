@@ -99,14 +99,28 @@ def export_members(folder: Path | str) -> List[Path]:
     return [folder / m for m in spec["members"]] if spec else [folder]
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_meta(folder: Path | str) -> Dict[str, Any]:
+    """The parsed head.json of a head folder; ValueError naming the file and what is wrong with it."""
     path = Path(folder) / CONFIG
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable head config ({e})") from None
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8, truncated or otherwise not JSON
+        raise ValueError(f"{path}: unreadable head config ({e}); re-export the run or copy the file again") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} head config (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
+        raise ValueError(f"{path}: 'class_names' must be a non-empty list of strings (got {_short(names)}); the file is damaged")
+    for key in ("encoder", "model", "data"):
+        if not isinstance(meta.get(key), dict):
+            raise ValueError(f"{path}: '{key}' must be an object (got {_short(meta.get(key))}); the file is damaged")
+    if "head" in meta and not isinstance(meta["head"], dict):
+        raise ValueError(f"{path}: 'head' must be an object (got {_short(meta['head'])}); the file is damaged")
     return meta
 
 
@@ -122,19 +136,32 @@ def head_config(meta: Dict[str, Any]):
 
 
 def load_head(folder: Path | str):
-    """(SERHead in eval mode, its JSON config) from an exported folder. Reads safetensors only."""
+    """(SERHead in eval mode, its JSON config) from an exported folder. Reads safetensors only. A damaged
+    head.json or head.safetensors is a ValueError naming the file and the problem."""
+    import torch
     from safetensors.torch import load_file
 
     from ser_lightning.models.head import SERHead
 
     folder = Path(folder)
     meta = read_meta(folder)
-    head = SERHead(head_config(meta))
+    try:
+        config = head_config(meta)
+        head = SERHead(config)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        what = f"missing {e}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(f"{folder / CONFIG}: does not describe a valid head ({what}); the file is damaged") from None
+    if config.num_classes != len(meta["class_names"]):
+        raise ValueError(f"{folder / CONFIG}: the head has {config.num_classes} classes but class_names lists "
+                         f"{len(meta['class_names'])}; the file is damaged")  # fmt: skip
     weights = folder / WEIGHTS
     try:
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error type, naming neither the file nor the cure
         raise ValueError(f"{weights}: unreadable head weights ({e}); re-export the run or copy the file again") from None
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"{weights}: NaN or infinite values in {', '.join(bad[:5])}; re-export the run or copy the file again")
     try:
         head.load_state_dict(state)
     except RuntimeError as e:
@@ -147,9 +174,13 @@ def load_heads(folder: Path | str) -> List[tuple]:
     folder = Path(folder)
     spec = read_json(folder / ENSEMBLE)
     if spec is None:
+        if (folder / ENSEMBLE).exists():
+            raise ValueError(f"{folder / ENSEMBLE}: unreadable ensemble spec (not valid JSON); re-export or copy it again")
         return [load_head(folder)]
-    if spec.get("format") != ENSEMBLE_FORMAT or not spec.get("members"):
-        raise ValueError(f"{folder / ENSEMBLE}: not a {ENSEMBLE_FORMAT} ensemble (format {spec.get('format')!r})")
+    if not isinstance(spec, dict) or spec.get("format") != ENSEMBLE_FORMAT or not isinstance(spec.get("members"), list) \
+            or not spec["members"] or not all(isinstance(m, str) for m in spec["members"]):  # fmt: skip
+        fmt = spec.get("format") if isinstance(spec, dict) else None
+        raise ValueError(f"{folder / ENSEMBLE}: not a {ENSEMBLE_FORMAT} ensemble (format {fmt!r}, or no list of members)")
     heads = []
     for name in spec["members"]:
         member = (folder / name).resolve()

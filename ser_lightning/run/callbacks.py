@@ -15,6 +15,9 @@
   utils/io.py).
 - `usable_checkpoint` / `choose_resume`: a `last.ckpt` that cannot be loaded (truncated, foreign) is moved
   aside; the run resumes from `best.ckpt` (a full training state too) or starts over, never crashes forever.
+- `EpochHistory`: every epoch's validation metrics in `history.jsonl`; a resumed run replays the epochs its
+  checkpoint holds into its W&B run (`replay_history`), so an offline run folder made after a kill still shows the
+  whole history.
 - `sigterm_exits`: SIGTERM stops the run at once with exit status 143 (a `Terminated` SystemExit); every
   file is written atomically, so the rerun resumes from the last epoch-end checkpoint.
 """
@@ -136,6 +139,67 @@ class FaultPoints(Callback):
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         fault_point("train_epoch_end")  # runs before ModelCheckpoint writes this epoch's checkpoints
+
+
+HISTORY = "history.jsonl"
+
+
+class EpochHistory(Callback):
+    """One JSON line per finished validation epoch (epoch, trainer/global_step and every scalar val/ and train/
+    metric Lightning holds then), rewritten atomically: the local record a resumed W&B run replays."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        entry: Dict[str, Any] = {"epoch": int(trainer.current_epoch), "trainer/global_step": int(trainer.global_step)}
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith(("val/", "train/")) and torch.is_tensor(value) and value.numel() == 1:
+                entry[key] = float(value)
+        kept = [e for e in read_history(self.path) if e["epoch"] != entry["epoch"]]
+        write_history(self.path, kept + [entry])
+
+
+def read_history(path: Path) -> List[Dict[str, Any]]:
+    """The entries of a history.jsonl; a torn last line (a kill mid-write of an older version) is ignored."""
+    import json
+
+    out = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("epoch"), int):
+            out.append(entry)
+    return out
+
+
+def write_history(path: Path, entries: List[Dict[str, Any]]) -> None:
+    import json
+
+    atomic_write_bytes(Path(path), "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries).encode())
+
+
+def replay_history(path: Path, resume_ckpt: Optional[str], experiment: Any) -> int:
+    """On resume: keep the history entries of the epochs the checkpoint holds (later ones are trained again) and
+    log them into `experiment` (a wandb run) in order. Returns how many were replayed."""
+    if not resume_ckpt:
+        return 0
+    done_epoch = int(torch.load(resume_ckpt, map_location="cpu", weights_only=True)["epoch"])  # last finished epoch
+    kept = [e for e in read_history(path) if e["epoch"] <= done_epoch]
+    write_history(path, kept)
+    if experiment is None:
+        return 0
+    for entry in sorted(kept, key=lambda e: e["epoch"]):
+        experiment.log(entry)
+    return len(kept)
 
 
 def usable_checkpoint(path: Path) -> Optional[str]:

@@ -67,6 +67,13 @@ def summarize(results: List[Dict[str, Any]], cfg: Optional[DictConfig] = None) -
         summary[f"{monitor}_best"] = mean_std([float(r["best_val"]) for r in results])
     n = len(class_names)
     pooled = [[sum(r["confusion_matrix"][i][j] for r in results) for j in range(n)] for i in range(n)]
+    from ser_lightning.models.metrics import confusion_metrics
+
+    scores = confusion_metrics(pooled)
+    # the metrics of all folds' test predictions concatenated: defined even when a test fold lacks a class
+    # (leave-one-speaker-out, small corpora), where a fold's own UA averages only the classes it holds
+    summary["pooled"] = {f"test/{k}": scores[k] for k in ("wa", "ua", "f1_macro", "f1_weighted")}
+    summary["pooled"]["absent_classes"] = [class_names[i] for i in scores["absent"]]
     summary.update(
         {
             "folds": [r["fold"] for r in results],
@@ -122,6 +129,16 @@ def summary_markdown(summary: Dict[str, Any], results: List[Dict[str, Any]], tit
             f"| {r['fold']} | {' '.join(r['test_speakers'])} | {r['n_test']} | {100 * r['test/wa']:.2f} | "
             f"{100 * r['test/ua']:.2f} | {100 * r['test/f1_macro']:.2f} |"
         )
+    pooled = summary.get("pooled")
+    if pooled:
+        lines += ["", f"Pooled over the folds (every fold's test predictions concatenated, {summary['n_test']} clips): "
+                  f"WA {100 * pooled['test/wa']:.2f}, UA {100 * pooled['test/ua']:.2f}, macro F1 "
+                  f"{100 * pooled['test/f1_macro']:.2f}, weighted F1 {100 * pooled['test/f1_weighted']:.2f}."]  # fmt: skip
+    data = summary.get("data")
+    if data and (data.get("skipped") or data.get("cropped")):
+        lines += ["", f"Input: {data['skipped']} clip(s) skipped as unusable (data.on_bad_audio=skip) and {data['cropped']} "
+                  f"cropped to data.max_seconds; every file and reason: {data['report']}."]  # fmt: skip
+        lines += [f"- skipped {b.get('path', '?')}: {b.get('reason', '?')}" for b in data.get("skipped_files", [])[:20]]
     lines += ["", "| class | recall |", "|---|---|"]
     lines += [f"| {c} | {pct(summary[f'test/recall_{c}'])} |" for c in summary["class_names"]]
     return "\n".join(lines) + "\n"
@@ -232,6 +249,7 @@ def _run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
         fault_point("fold_done")
     summary = summarize(results, cfg)
     summary["cv_wall_time_s"] = round(time.time() - start, 1)
+    summary["data"] = input_report(out, folds)
     from ser_lightning.tracking import is_global_zero
 
     if not is_global_zero():  # DDP: every rank computed the same summary; rank 0 writes and logs it
@@ -248,9 +266,25 @@ def _run_cv(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     log_cv_summary(cfg, summary)
     print(
         f"[ser cv] {out.name}: WA {pct(summary['test/wa'])}  UA {pct(summary['test/ua'])}  "
-        f"F1 {pct(summary['test/f1_macro'])} over folds {folds} -> {out / SUMMARY}"
+        f"F1 {pct(summary['test/f1_macro'])} over folds {folds}; pooled UA {100 * summary['pooled']['test/ua']:.2f} "
+        f"-> {out / SUMMARY}"
     )
+    if summary["data"]["skipped"] or summary["data"]["cropped"]:
+        print(f"[ser cv] input: {summary['data']['skipped']} clip(s) skipped, {summary['data']['cropped']} cropped "
+              f"(listed in {out / str(summary['data']['report'])})")  # fmt: skip
     return summary
+
+
+def input_report(out: Path, folds: List[int]) -> Dict[str, Any]:
+    """Skipped and cropped clips of the corpus (every fold reads the same table; its report sits in each fold
+    folder), so the CV summary says them where the user looks."""
+    for k in folds:
+        report = read_json(fold_dir(out, k) / "table_report.json")
+        if report:
+            return {"skipped": int(report.get("skipped", 0)), "cropped": int(report.get("cropped", 0)),
+                    "skipped_files": list(report.get("skipped_files", [])), "cropped_files": len(report.get("cropped_files", [])),
+                    "report": str(Path(f"fold_{k}") / "bad_audio.json")}  # fmt: skip
+    return {"skipped": 0, "cropped": 0, "skipped_files": [], "report": None}
 
 
 def log_cv_summary(cfg: DictConfig, summary: Dict[str, Any]) -> None:

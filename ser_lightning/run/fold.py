@@ -45,9 +45,9 @@ def train_one(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
     """One head on one fold (an ensemble member is one of these)."""
     import lightning as L
 
-    from ser_lightning.run.callbacks import RunCheckpoint, choose_resume
+    from ser_lightning.run.callbacks import HISTORY, EpochHistory, RunCheckpoint, choose_resume, replay_history
     from ser_lightning.run.provenance import provenance, write_provenance
-    from ser_lightning.tracking import finish_logger, log_test_results, make_logger
+    from ser_lightning.tracking import finish_logger, log_test_results, make_logger, offline_wandb
 
     require(cfg, "data.root", "model.encoder")
     out = Path(cfg.output_dir)
@@ -77,13 +77,19 @@ def train_one(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
         dirpath=str(ckpt_dir), filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )  # fmt: skip
-    trainer = make_trainer(cfg, out, logger, [checkpoint, last_checkpoint])
+    history = EpochHistory(out / HISTORY)
+    trainer = make_trainer(cfg, out, logger, [checkpoint, last_checkpoint, history])
     last = ckpt_dir / "last.ckpt"
     # last.ckpt, else best.ckpt (unloadable ones are moved aside), else start over; claim_output_dir
     # guarantees they are this configuration's
     resume = choose_resume(ckpt_dir)
     if resume:
         print(f"[ser] resuming {out} from {resume}")
+    # an offline W&B run resumed after a kill is a new run folder: it gets the epochs before the kill from the local
+    # history (an online run resumes the server's history itself, so nothing is replayed there)
+    replayed = replay_history(out / HISTORY, resume, logger.experiment if offline_wandb(cfg, logger) else None)
+    if replayed:
+        print(f"[ser] {replayed} epoch(s) of history replayed into the resumed W&B run")
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     fault_point("before_test")
     best = checkpoint.best_model_path or (str(ckpt_dir / "best.ckpt") if (ckpt_dir / "best.ckpt").is_file() else str(last))

@@ -3,17 +3,24 @@
     ser predict --run runs/x clip.wav more/ list.csv --out predictions.jsonl
 
 Inputs: audio files, folders (searched recursively for .wav/.flac/.ogg/.mp3) and manifests (.csv/.tsv/.jsonl
-with a `path` column, or `audio` / `wav`; relative paths are resolved against the manifest's folder and may
-not leave it unless --allow-outside-root). `--run` is a run folder (its `export/`), an export folder (what
-`ser export` writes), not a CV folder (pass one fold: `--run cv/fold_3`).
+with a `path` column, or `audio` / `wav`; relative paths are resolved against `--audio-root DIR` when given
+(training's data.audio_root), else the manifest's folder, and may not leave that root unless
+--allow-outside-root). `--run` is a run folder (its `export/`), an export folder (what `ser export` writes),
+not a CV folder (pass one fold: `--run cv/fold_3`).
+
+Output: one tab-separated line per file on stdout (`path<TAB>label<TAB>p`, or `path<TAB>ERROR<TAB>reason`) in
+which a backslash, tab, newline or carriage return inside a field is written as `\\\\`, `\\t`, `\\n`, `\\r`
+(so every file is exactly one line, whatever its name); `--out x.csv` is proper CSV (quoted fields),
+`--out x.jsonl` JSON lines.
 
 The path is the one training took: decode + resample (ser_lightning/audio.py, same bad-input checks), the Whisper
 log-mel front end and length policy, the frozen encoder named in head.json (`--encoder PATH` for a local
 copy of the same weights; other weights are refused by fingerprint), the encoder layer(s), features rounded
 to the feature-cache dtype, the head. Clips longer than the run's data.max_seconds (30 s at most) are cut
 into consecutive windows of that length: every window is predicted, and the clip's probabilities are the
-mean of its windows' (a tail shorter than data.min_seconds is dropped). A file that cannot be used is
-reported with its error and the others are still predicted; the exit status is then 1.
+mean of its windows' (a tail shorter than data.min_seconds is dropped). A file that cannot be used (missing,
+empty, truncated, not audio, NaN samples, too short, silent; an unreadable manifest) is reported with its
+error and the others are still predicted; the exit status is then 1.
 A head trained with model.feature_norm=speaker normalises every clip with its speaker's statistics: clips are
 grouped by a manifest's `speaker` column; the clips it does not name are taken as one speaker.
 """
@@ -30,7 +37,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ser_lightning.utils.io import atomic_write_text
+from ser_lightning.utils.io import atomic_write_bytes
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -43,26 +50,38 @@ class EncoderFingerprintError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- inputs
 def _manifest_rows(path: Path) -> List[Tuple[int, Dict[str, Any]]]:
-    if path.suffix.lower() == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:
-                    raise ValueError(f"{path} line {lineno}: not valid JSON ({e})") from None
-                rows.append((lineno, obj if isinstance(obj, dict) else {}))
-        return rows
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        return [(reader.line_num, dict(row)) for row in reader]
+    """(line number, row) pairs of a manifest; ValueError naming the file when it cannot be read."""
+    try:
+        if path.suffix.lower() == ".jsonl":
+            rows = []
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        obj = json.loads(line)
+                    except ValueError as e:
+                        raise ValueError(f"{path} line {lineno}: not valid JSON ({e})") from None
+                    rows.append((lineno, obj if isinstance(obj, dict) else {}))
+            return rows
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            return [(reader.line_num, dict(row)) for row in reader]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: unreadable manifest (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    except (OSError, csv.Error) as e:
+        raise ValueError(f"{path}: unreadable manifest ({e})") from None
 
 
 def expand_inputs(items: Sequence[str], allow_outside_root: bool = False,
-                  speakers: Optional[Dict[str, str]] = None) -> List[Tuple[str, Optional[str]]]:  # fmt: skip
+                  speakers: Optional[Dict[str, str]] = None,
+                  audio_root: Optional[str | Path] = None) -> List[Tuple[str, Optional[str]]]:  # fmt: skip
     """(path, error) for every clip named by files, folders and manifests, in the order given. `speakers`, when
-    given, receives path -> speaker for manifest rows with a non-empty `speaker` column."""
+    given, receives path -> speaker for manifest rows with a non-empty `speaker` column. A manifest's relative
+    paths are resolved against `audio_root` (training's data.audio_root) when given, else the manifest's folder;
+    a path leaving that root is an error row unless `allow_outside_root`. A manifest that cannot be read is
+    one error row (the other inputs are still used)."""
     from ser_lightning.data.corpora.manifest import resolve_path
+
+    root = Path(audio_root).expanduser().resolve() if audio_root else None
 
     out: List[Tuple[str, Optional[str]]] = []
     for item in items:
@@ -73,11 +92,17 @@ def expand_inputs(items: Sequence[str], allow_outside_root: bool = False,
                 out.append((item, f"folder has no audio files ({', '.join(AUDIO_SUFFIXES)})"))
             out += [(f, None) for f in found]
         elif p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
-            rows = _manifest_rows(p)
+            try:
+                rows = _manifest_rows(p)
+            except ValueError as e:
+                out.append((item, str(e)))
+                continue
             column = next((c for c in PATH_COLUMNS if any(c in r for _, r in rows)), None)
             if column is None:
-                raise ValueError(f"{p}: no path column (expected one of: {', '.join(PATH_COLUMNS)})")
-            base = p.resolve().parent
+                out.append((item, f"{p}: no path column (expected one of: {', '.join(PATH_COLUMNS)})"))
+                continue
+            base = root or p.resolve().parent
+            outside = (f"is outside --audio-root {base}" if root else f"is outside the manifest's folder {base}")
             for lineno, row in rows:
                 value = str(row.get(column) or "").strip()
                 where = f"{p} line {lineno}"
@@ -89,8 +114,7 @@ def expand_inputs(items: Sequence[str], allow_outside_root: bool = False,
                     if speakers is not None and str(row.get("speaker") or "").strip():
                         speakers[out[-1][0]] = str(row["speaker"]).strip()
                 except ValueError:
-                    out.append((value, f"{where}: '{value}' is outside the manifest's folder {base} "
-                                       "(pass --allow-outside-root to allow it)"))  # fmt: skip
+                    out.append((value, f"{where}: '{value}' {outside} (pass --allow-outside-root to allow it)"))
         else:
             out.append((item, None))  # a missing / unreadable file becomes an error row when decoded
     return out
@@ -107,6 +131,32 @@ def windows(num_samples: int, window: int, min_samples: int) -> List[Tuple[int, 
 
 
 # ---------------------------------------------------------------------------------------------- model
+def check_prediction_meta(meta: Dict[str, Any], path: Path | str) -> None:
+    """ValueError naming head.json when it lacks (or holds malformed) a field prediction reads."""
+    from ser_lightning.features.cache import DTYPES
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{path}: {what}; the file is damaged (re-export the run or copy it again)")
+
+    enc, data = meta["encoder"], meta["data"]  # objects: checked by artifact.read_meta
+    for key in ("source", "fingerprint"):
+        if not isinstance(enc.get(key), str) or not enc[key]:
+            raise bad(f"encoder.{key} must be a non-empty string (got {enc.get(key)!r})")
+    layers = enc.get("layers")
+    if not isinstance(layers, list) or not layers or not all(isinstance(k, int) and not isinstance(k, bool) for k in layers):
+        raise bad(f"encoder.layers must be a non-empty list of integers (got {layers!r})")
+    for key, required in (("sample_rate", True), ("max_seconds", True), ("min_seconds", False)):
+        value = data.get(key)
+        if value is None and not required:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or value != value:
+            raise bad(f"data.{key} must be a positive number (got {value!r})")
+    if meta.get("feature_dtype") is not None and meta["feature_dtype"] not in DTYPES:
+        raise bad(f"feature_dtype must be one of {sorted(DTYPES)} or null (got {meta['feature_dtype']!r})")
+    if not isinstance(meta.get("seed", 0), int):
+        raise bad(f"seed must be an integer (got {meta.get('seed')!r})")
+
+
 class Predictor:
     """Exported head + the encoder it was trained on; `predict(paths)` -> one record per path."""
 
@@ -117,13 +167,16 @@ class Predictor:
         from ser_lightning.features.encoder import load_encoder
         from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend
         from ser_lightning.features.pipeline import encoder_device
-        from ser_lightning.run.artifact import find_export, load_heads
+        from ser_lightning.run.artifact import CONFIG, export_members, find_export, load_heads
 
         self.folder = find_export(run)
         # one head, or an ensemble's members (ensemble.json): their softmax probabilities are averaged
         loaded = load_heads(self.folder)
         self.heads = [head for head, _ in loaded]
         self.head, self.meta = loaded[0]
+        # every member shares encoder, data and feature dtype (load_heads checks): the first one's head.json speaks
+        self.meta_path = export_members(self.folder)[0] / CONFIG
+        check_prediction_meta(loaded[0][1], self.meta_path)
         self.class_names: List[str] = list(self.meta["class_names"])
         enc_info = self.meta["encoder"]
         self.device = torch.device(device or encoder_device())
@@ -133,7 +186,7 @@ class Predictor:
                 encoder_module = load_encoder(source, device=self.device, dtype=self.meta["model"].get("encoder_dtype", "auto"),
                                               seed=int(self.meta.get("seed", 0)))  # fmt: skip
             except OSError as e:
-                raise OSError(f"cannot load the encoder '{source}' named in {self.folder / 'head.json'} ({e}); "
+                raise OSError(f"cannot load the encoder '{source}' named in {self.meta_path} ({e}); "
                               "pass --encoder PATH to a local copy of the same weights") from None  # fmt: skip
         if encoder_module.fingerprint != enc_info["fingerprint"]:
             raise EncoderFingerprintError(
@@ -143,7 +196,10 @@ class Predictor:
             )
         self.encoder = encoder_module
         self.layers: List[int] = list(enc_info["layers"])
-        self.policy = LengthPolicy.parse(self.meta["model"].get("input_seconds", "clip"))
+        try:
+            self.policy = LengthPolicy.parse(self.meta["model"].get("input_seconds", "clip"))
+        except ValueError as e:
+            raise ValueError(f"{self.meta_path}: model.{e}; the file is damaged") from None
         self.frontend = LogMelFrontend(encoder_module.num_mel_bins)
         data = self.meta["data"]
         self.sample_rate = int(data["sample_rate"])
@@ -264,13 +320,40 @@ class Predictor:
 
 
 def predict_files(run: Path | str, inputs: Sequence[str], encoder: Optional[str] = None,
-                  allow_outside_root: bool = False, **kwargs: Any) -> List[Dict[str, Any]]:  # fmt: skip
+                  allow_outside_root: bool = False, audio_root: Optional[str | Path] = None,
+                  **kwargs: Any) -> List[Dict[str, Any]]:  # fmt: skip
     speakers: Dict[str, str] = {}
-    paths = expand_inputs(inputs, allow_outside_root, speakers)
+    paths = expand_inputs(inputs, allow_outside_root, speakers, audio_root)
     return Predictor(run, encoder=encoder, **kwargs).predict(paths, speakers=speakers)
 
 
 # ---------------------------------------------------------------------------------------------- output
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def tsv_field(value: Any) -> str:
+    """A field of the stdout TSV: backslash, tab, newline and carriage return written as \\\\, \\t, \\n, \\r;
+    the bytes of a file name that is not valid UTF-8 as \\xNN."""
+    return _utf8(str(value).translate(_TSV_ESCAPES)).decode("utf-8", "backslashreplace")
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 bytes of a text holding file names: a name that was not valid UTF-8 (os.fsdecode's surrogates) gets
+    its original bytes back; any other lone surrogate (e.g. from a JSON manifest) is written as \\udNNN."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
+
+
+def tsv_line(record: Dict[str, Any]) -> str:
+    """The stdout line of one record: `path<TAB>label<TAB>p[<TAB>(n windows)]` or `path<TAB>ERROR<TAB>reason`."""
+    if record["error"]:
+        return f"{tsv_field(record['path'])}\tERROR\t{tsv_field(record['error'])}"
+    extra = f"\t({len(record['windows'])} windows)" if len(record["windows"]) > 1 else ""
+    return f"{tsv_field(record['path'])}\t{tsv_field(record['label'])}\t{record['probs'][record['label']]:.3f}{extra}"
+
+
 def to_jsonl(records: Sequence[Dict[str, Any]]) -> str:
     return "".join(json.dumps(r) + "\n" for r in records)
 
@@ -303,11 +386,17 @@ def add_subcommand(sub: argparse._SubParsersAction):
     p.add_argument("--out", default=None, help="write predictions to FILE.jsonl or FILE.csv")
     p.add_argument("--batch-size", type=int, default=16, help="windows per encoder batch")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--allow-outside-root", action="store_true", help="manifest paths may leave the manifest's folder")
+    p.add_argument("--audio-root", default=None, metavar="DIR",
+                   help="resolve a manifest's relative paths against DIR (like data.audio_root) instead of its folder")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="manifest paths may leave the manifest's folder (or --audio-root)")
 
     def run(args: argparse.Namespace) -> int:
         if args.out and Path(args.out).suffix.lower() not in (".jsonl", ".csv"):
             print(f"ser predict: --out {args.out}: use a .jsonl or .csv file name", file=sys.stderr)
+            return 2
+        if args.audio_root and not Path(args.audio_root).expanduser().is_dir():
+            print(f"ser predict: --audio-root {args.audio_root}: not a folder", file=sys.stderr)
             return 2
         try:
             predictor = Predictor(args.run, encoder=args.encoder, device=args.device, batch_size=args.batch_size)
@@ -315,16 +404,13 @@ def add_subcommand(sub: argparse._SubParsersAction):
             print(f"ser predict: error: {e}", file=sys.stderr)
             return 1
         speakers: Dict[str, str] = {}
-        records = predictor.predict(expand_inputs(args.audio, args.allow_outside_root, speakers), speakers=speakers)
+        inputs = expand_inputs(args.audio, args.allow_outside_root, speakers, args.audio_root)
+        records = predictor.predict(inputs, speakers=speakers)
         for r in records:
-            if r["error"]:
-                print(f"{r['path']}\tERROR\t{r['error']}")
-            else:
-                extra = f"\t({len(r['windows'])} windows)" if len(r["windows"]) > 1 else ""
-                print(f"{r['path']}\t{r['label']}\t{r['probs'][r['label']]:.3f}{extra}")
+            print(tsv_line(r))
         if args.out:
             text = to_csv(records, predictor.class_names) if args.out.lower().endswith(".csv") else to_jsonl(records)
-            atomic_write_text(args.out, text)
+            atomic_write_bytes(args.out, _utf8(text))
         failed = sum(1 for r in records if r["error"])
         if predictor.speaker_norm:
             counts: Dict[Optional[str], int] = {}

@@ -107,6 +107,7 @@ def run_probe(cfg: Any, policies: Sequence[str], c_grid: Sequence[float] = DEFAU
         raise ValueError(f"probe stats={stats!r}: use mean or meanstd")
     from threadpoolctl import threadpool_limits
 
+    from ser_lightning.data.datamodule import dataset_rows
     from ser_lightning.data.folds import fold_speakers, make_split
     from ser_lightning.features.frontend import LengthPolicy
     from ser_lightning.features.pipeline import feature_spec, load_config_encoder
@@ -134,7 +135,8 @@ def run_probe(cfg: Any, policies: Sequence[str], c_grid: Sequence[float] = DEFAU
             splits = {}
             for k in folds or all_folds:
                 s = make_split(table.corpus, k, cfg.data.num_folds, int(cfg.data.val_speakers),
-                               cfg.data.val_speaker_ids, cfg.seed)  # fmt: skip
+                               cfg.data.val_speaker_ids, cfg.seed, val_fraction=cfg.data.val_fraction,
+                               rows=dataset_rows(ds))  # fmt: skip
                 splits[k] = tuple(np.flatnonzero(np.isin(speakers, part)) for part in
                                   (s.train_speakers, s.val_speakers, s.test_speakers))  # fmt: skip
         else:

@@ -46,7 +46,7 @@ VOLATILE_KEYS = (
 PER_RUN_KEYS = ("data.fold", "data.root")
 
 
-class RunConflictError(RuntimeError):
+class RunConflictError(ValueError):  # a ValueError: the CLI prints its message, no traceback
     """output_dir already holds a run of a different configuration."""
 
 
@@ -104,10 +104,24 @@ def is_volatile(key: str) -> bool:
     return any(key == v or key.startswith(v + ".") for v in VOLATILE_KEYS)
 
 
+def trained_anything(out: Path) -> bool:
+    """Whether a run folder holds any training progress: a checkpoint or a results.json, its own or an ensemble
+    member's / fold's below it."""
+    out = Path(out)
+    return any(out.rglob("*.ckpt")) or any(out.rglob(RESULTS))
+
+
 def claim_output_dir(out: Path, cfg: DictConfig) -> None:
-    """Refuse to reuse a folder that holds another configuration's run (nothing is ever overwritten)."""
+    """Refuse to reuse a folder that holds another configuration's run (nothing is ever overwritten). A folder
+    claimed by a run that stopped before training anything (bad audio, a fold error, a wrong path: the errors whose
+    message says to rerun with a corrected setting) is claimed again by the corrected configuration."""
     stamp = read_json(out / IDENTITY)
     mine = config_hash(cfg)
+    if stamp and stamp.get("config_hash") != mine and not trained_anything(out):
+        print(f"[ser] {out}: claimed by a run of another configuration that never trained (no checkpoint, no "
+              f"results); taking it for this one (config_hash {stamp.get('config_hash')} -> {mine})")  # fmt: skip
+        atomic_write_json(out / IDENTITY, {"config_hash": mine})
+        return
     if stamp and stamp.get("config_hash") != mine:
         raise RunConflictError(
             f"{out} holds a run of a different configuration (config_hash {stamp.get('config_hash')} != {mine}); "

@@ -11,7 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ser_lightning.data.folds import check_classes, fold_speakers, make_split
+from ser_lightning.data.datamodule import dataset_rows
+from ser_lightning.data.folds import check_classes, coverage_problem, fold_speakers, make_split
 from ser_lightning.data.table import build_table
 
 SPLITS = ("train", "val", "test")
@@ -43,6 +44,7 @@ def data_stats(
     val_speakers: int = 2,
     seed: int = 0,
     report_dir: Optional[Path] = None,
+    val_fraction: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Per-fold, per-split statistics of a corpus (JSON-ready).
 
@@ -67,14 +69,38 @@ def data_stats(
         "folds": [],
     }
     val_ids = data_cfg.get("val_speaker_ids")
-    for fold in sorted(fold_speakers(corpus, num_folds, seed)):
-        split = make_split(corpus, fold, num_folds, val_speakers, val_ids, seed)
+    folds = fold_speakers(corpus, num_folds, seed)
+    out["coverage_problem"] = coverage_problem(corpus, len(folds))  # said up front: no fold count can fix it later
+    for fold in sorted(folds):
+        split = make_split(corpus, fold, num_folds, val_speakers, val_ids, seed, val_fraction=val_fraction,
+                           rows=dataset_rows(ds))  # fmt: skip
         members = {"train": set(split.train_speakers), "val": set(split.val_speakers), "test": set(split.test_speakers)}
         entry: Dict[str, Any] = {"fold": fold}
         for name in SPLITS:
             entry[name] = _split_stats([r for r in rows if r[1] in members[name]], class_names)
             entry[name]["speaker_ids"] = sorted(members[name])
         out["folds"].append(entry)
+    out["warnings"] = imbalance_warnings(out)
+    return out
+
+
+def imbalance_warnings(stats: Dict[str, Any], size_ratio: float = 2.0, class_ratio: float = 3.0) -> List[str]:
+    """What a user should look at before training: test folds of very different sizes, strongly unbalanced classes,
+    and splits missing a class."""
+    out: List[str] = []
+    if stats.get("coverage_problem"):
+        out.append(stats["coverage_problem"])
+    sizes = {f["fold"]: f["test"]["clips"] for f in stats["folds"]}
+    if sizes and min(sizes.values()) and max(sizes.values()) / min(sizes.values()) > size_ratio:
+        out.append(f"test folds differ in size more than {size_ratio:g}x: " + ", ".join(f"fold {k} {n}" for k, n in sizes.items()))
+    counts = stats["overall"]["counts"]
+    if counts and min(counts.values()) and max(counts.values()) / min(counts.values()) > class_ratio:
+        out.append(f"classes are unbalanced (largest / smallest > {class_ratio:g}x): "
+                   + ", ".join(f"{c} {n}" for c, n in counts.items()) + "; UA (macro recall) weighs each class equally")  # fmt: skip
+    for f in stats["folds"]:
+        for name in SPLITS:
+            if f[name]["missing_classes"]:
+                out.append(f"fold {f['fold']} {name} split has no {', '.join(f[name]['missing_classes'])}")
     return out
 
 
@@ -105,13 +131,6 @@ def format_stats(stats: Dict[str, Any]) -> str:
     lines += _fmt_table(header, body)
     if stats["excluded"]:
         lines.append("excluded: " + ", ".join(f"{k}: {v}" for k, v in sorted(stats["excluded"].items())))
-    missing = [
-        f"fold {f['fold']} {name}: {', '.join(f[name]['missing_classes'])}"
-        for f in stats["folds"]
-        for name in SPLITS
-        if f[name]["missing_classes"]
-    ]
-    if missing:
-        lines.append("WARNING classes missing: " + "; ".join(missing))
+    lines += [f"WARNING {w}" for w in stats.get("warnings", [])]
     lines += [f"note: {n}" for n in stats["notes"]]
     return "\n".join(lines)

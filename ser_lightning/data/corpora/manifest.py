@@ -122,6 +122,8 @@ def load_manifest(
     has_fold = any(r.get("fold") not in (None, "") for _, r in rows)
     utterances: List[Utterance] = []
     fold_rows: List[Tuple[str, int, str]] = []
+    first_row: Dict[str, Tuple[str, str, str]] = {}  # resolved path -> (where, label, speaker) of its first row
+    duplicates: List[str] = []
     for lineno, r in rows:
         where = f"{path} line {lineno}"
         values = {c: r.get(c) for c in (path_column, label_column, speaker_column)}
@@ -130,6 +132,16 @@ def load_manifest(
             raise ValueError(f"{where}: empty {', '.join(empty)}")
         audio = resolve_path(str(values[path_column]).strip(), base, allow_outside_root, where)
         label, speaker = str(values[label_column]).strip(), str(values[speaker_column]).strip()
+        if audio in first_row:
+            # the same clip twice: a repeated row is dropped (and reported: it would be scored twice); the same
+            # clip with another label or speaker is a contradiction only the user can resolve
+            first_where, first_label, first_speaker = first_row[audio]
+            if (first_label, first_speaker) != (label, speaker):
+                raise ValueError(f"{where}: {audio} is labelled {label!r} (speaker {speaker}) but {first_where} labels it "
+                                 f"{first_label!r} (speaker {first_speaker}); keep one row per clip")  # fmt: skip
+            duplicates.append(f"{where} repeats {first_where}")
+            continue
+        first_row[audio] = (where, label, speaker)
         utterances.append(Utterance(audio, label, speaker, Path(audio).stem))
         if has_fold:
             try:
@@ -141,7 +153,12 @@ def load_manifest(
             fold_rows.append((speaker, fold, where))
     folds = _folds_from_column(fold_rows) if has_fold else None
     class_names = sorted({u.label for u in utterances})
-    return CorpusTable(f"manifest-{path.stem}", utterances, class_names, folds=folds)
+    excluded = {"duplicate manifest row": len(duplicates)} if duplicates else {}
+    notes = [f"{len(duplicates)} duplicate row(s) dropped (each clip is used once): " + "; ".join(duplicates[:10])
+             + (" ..." if len(duplicates) > 10 else "")] if duplicates else []  # fmt: skip
+    if duplicates:
+        print(f"[ser] {path}: {notes[0]}")
+    return CorpusTable(f"manifest-{path.stem}", utterances, class_names, folds=folds, excluded=excluded, notes=notes)
 
 
 def speaker_from_stem(path: Path) -> str:
