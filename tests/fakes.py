@@ -111,7 +111,26 @@ def write_short(path: Path) -> Path:
     return write_audio(path, seconds=0.05)
 
 
+def write_text_as_wav(path: Path) -> Path:
+    """A text file renamed .wav (the error must name the file, not an in-memory buffer)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("speaker,label\nthis is a CSV someone saved as .wav\n")
+    return path
+
+
+def write_nonfinite(path: Path, value: float = float("nan")) -> Path:
+    """A float wav with one NaN (or inf) sample among real ones."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wave = tone(0.3, 16000, 440.0, 1, 0).astype(np.float32)
+    wave[1000] = value
+    sf.write(path, wave, 16000, subtype="FLOAT")
+    return path
+
+
 BAD_CASES = {
+    "text_as_wav": (write_text_as_wav, "unreadable"),
+    "nan": (write_nonfinite, "NaN or infinite"),
+    "inf": (lambda p: write_nonfinite(p, float("inf")), "NaN or infinite"),
     "garbage": (write_garbage, "unreadable"),
     "truncated": (write_truncated, "truncated"),
     "header_only": (write_header_only, "no samples"),
@@ -125,6 +144,7 @@ UNUSUAL_CASES = {
     "8khz": (lambda p: write_audio(p, sr=8000), 8000),
     "24bit": (lambda p: write_audio(p, subtype="PCM_24"), 16000),
     "48khz": (lambda p: write_audio(p, sr=48000), 48000),
+    "stereo_48khz_24bit": (lambda p: write_audio(p, sr=48000, channels=2, subtype="PCM_24"), 48000),
     "flac": (lambda p: write_audio(p.with_suffix(".flac")), 16000),
 }
 

@@ -23,6 +23,7 @@ def test_decode_rejects_bad_input_naming_file_and_reason(tmp_path, case):
     assert err.value.path == str(path)
     assert fragment in err.value.reason
     assert str(path) in str(err.value)
+    assert "object at 0x" not in str(err.value)  # the decoder's in-memory buffer is never what the message names
 
 
 @pytest.mark.parametrize("case", sorted(fakes.UNUSUAL_CASES))
@@ -33,7 +34,7 @@ def test_decode_accepts_unusual_but_fine_input(tmp_path, case):
     assert wave.ndim == 1 and wave.dtype == np.float32
     assert info.orig_sample_rate == orig_sr
     assert abs(info.duration - 0.3) < 0.005 and abs(len(wave) - 4800) <= 2
-    assert info.channels == (2 if case == "stereo" else 1)
+    assert info.channels == (2 if case.startswith("stereo") else 1)
     # resampled content is still the tone, not noise or silence
     assert 0.15 < float(np.abs(wave).max()) < 0.5
 
@@ -94,8 +95,11 @@ def _bad_input_corpus(root):
     for case, (writer, _) in fakes.UNUSUAL_CASES.items():
         path = writer(root / f"{case}.wav")
         rows.append({"path": path.name, "label": "a", "speaker": "odd"})
-    fakes.write_long(root / "long.wav", 60.0)
+    fakes.write_long(root / "long.wav", 60.0)  # twice Whisper's window: cropped, counted
     rows.append({"path": "long.wav", "label": "b", "speaker": "odd"})
+    for i, name in enumerate(("a clip with spaces.wav", "émotion ü 情感.wav", "it's \"quoted\".wav")):  # odd names
+        fakes.write_audio(root / name, seed=100 + i)
+        rows.append({"path": name, "label": "b", "speaker": "odd"})
     for case, (writer, _) in fakes.BAD_CASES.items():
         writer(root / f"{case}.wav")
         rows.append({"path": f"{case}.wav", "label": "a", "speaker": "bad"})
@@ -132,8 +136,9 @@ def test_skip_policy_skips_counts_and_lists(tmp_path, cfg):
     report = tmp_path / "report"
     c = cfg(name="manifest", manifest=str(manifest), on_bad_audio="skip", max_seconds=30.0)
     table = build_table(c, report_dir=report)
-    kept = 6 + len(fakes.UNUSUAL_CASES) + 1
+    kept = 6 + len(fakes.UNUSUAL_CASES) + 1 + 3  # good, unusual, long, the three odd file names
     assert len(table.dataset) == kept
+    assert {"a clip with spaces", "émotion ü 情感", "it's \"quoted\""} <= set(table.dataset["key"])
     assert "bad" not in set(table.dataset["speaker"])
     listed = json.loads((report / "bad_audio.json").read_text())
     assert listed["skipped"] == len(bad)
@@ -144,7 +149,7 @@ def test_skip_policy_skips_counts_and_lists(tmp_path, cfg):
     summary = json.loads((report / "table_report.json").read_text())
     assert (summary["clips"], summary["skipped"], summary["cropped"]) == (kept, len(bad), 1)
     assert summary["cropped_files"][0].endswith("long.wav") and summary["max_seconds"] == 30.0
-    assert summary["counts"] == {"a": 3 + len(fakes.UNUSUAL_CASES), "b": 4}
+    assert summary["counts"] == {"a": 3 + len(fakes.UNUSUAL_CASES), "b": 4 + 3}
     cropped = dict(zip(table.dataset["key"], table.dataset["cropped"]))
     assert cropped["long"] is True and sum(cropped.values()) == 1
     durations = dict(zip(table.dataset["key"], table.dataset["duration"]))

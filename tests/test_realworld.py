@@ -283,3 +283,27 @@ def test_wandb_history_survives_a_kill(tmp_path_factory, tmp_path):
     assert sorted(history) == [0, 1, 2], history
     assert all("val/ua" in keys for keys in history.values())
     assert Counter(e["epoch"] for e in map(json.loads, (out / "history.jsonl").read_text().splitlines())) == {0: 1, 1: 1, 2: 1}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", r"empty manifest \(expected a header row\)"),
+    ("path,label,speaker\n", "the manifest has no rows"),
+])  # fmt: skip
+def test_empty_manifests_are_named(tmp_path, cfg, content, message):
+    from ser_lightning.data.table import load_corpus
+
+    (tmp_path / "m.csv").write_text(content)
+    with pytest.raises(ValueError, match=rf"m\.csv: {message}"):
+        load_corpus(cfg(name="manifest", manifest=str(tmp_path / "m.csv")))
+
+
+def test_a_label_outside_data_classes_is_excluded_and_counted_never_silently(tmp_path, cfg):
+    from ser_lightning.data.table import load_corpus
+
+    manifest = fakes.make_manifest_corpus(tmp_path / "c")
+    fakes.write_audio(tmp_path / "c" / "audio" / "s1" / "odd.wav", freq=900)
+    manifest.write_text(manifest.read_text() + "audio/s1/odd.wav,bored,s1\n")
+    table = load_corpus(cfg(name="manifest", manifest=str(manifest), classes=["sad", "angry", "happy"]))
+    assert "bored" not in table.class_names and table.excluded == {"class bored not selected": 1}
+    with pytest.raises(ValueError, match=r"unknown class\(es\) \['calm'\]; available: angry, bored, happy, sad"):
+        load_corpus(cfg(name="manifest", manifest=str(manifest), classes=["calm"]))
