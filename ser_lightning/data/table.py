@@ -3,6 +3,12 @@
 Every clip is decoded once here: its duration and content hash are stored, and bad input is handled by the
 one policy (`data.on_bad_audio`): `error` stops with every bad file and its reason listed; `skip` drops them,
 and the skip is counted and listed in the report (`bad_audio.json`). Nothing is dropped silently.
+
+The cached table (`<table_cache_dir>/<corpus>-<fingerprint>/arrow/`) is verified on every load:
+`COMPLETE.json` lists the sha256 and size of every file the table was saved as and carries its own checksum,
+and the loaded rows must agree with themselves (`label` is the index of `label_name`, the row count and the
+class names are the ones stored). A cache that fails any check, or cannot be read, is moved aside to
+`<table_cache_dir>/corrupt/` and rebuilt, with one printed line naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +28,16 @@ from ser_lightning.data.corpora.base import CorpusTable, Utterance, get_loader, 
 from ser_lightning.utils.io import atomic_write_json
 
 TABLE_VERSION = 1
+CACHE_FORMAT = 2  # COMPLETE.json: 1 (no checksums, older code) or 2 (file checksums + its own checksum)
+
+
+class TableCacheCorrupt(RuntimeError):
+    """A cached table that does not verify; the message names the file and the problem. stale: written by older
+    code (no checksums), not damaged."""
+
+    def __init__(self, message: str, stale: bool = False) -> None:
+        super().__init__(message)
+        self.stale = stale
 
 
 @dataclass
@@ -119,8 +136,6 @@ def build_table(data_cfg: Dict[str, Any], report_dir: Optional[Path] = None) -> 
     With report_dir, writes `table_report.json` (clips kept, skipped, cropped; per-class counts; exclusions)
     and `bad_audio.json` there; under on_bad_audio=error the bad-file list is written before raising.
     """
-    import datasets
-
     corpus = load_corpus(data_cfg)
     subset_seed = data_cfg.get("subset_seed")
     subset_seed = data_cfg.get("seed", 0) if subset_seed is None else subset_seed
@@ -135,10 +150,10 @@ def build_table(data_cfg: Dict[str, Any], report_dir: Optional[Path] = None) -> 
         h.update(f"{_file_signature(u.path)}|{u.label}|{u.speaker}\n".encode())
     fingerprint = h.hexdigest()[:20]
     cache_root = Path(data_cfg.get("table_cache_dir") or ".ser_cache/tables") / f"{corpus.name}-{fingerprint}"
-    done = cache_root / "COMPLETE.json"
-    if done.is_file():
-        meta = json.loads(done.read_text())
-        table = UtteranceTable(datasets.load_from_disk(str(cache_root / "arrow")), corpus, meta["bad_audio"], fingerprint)
+    cached = _load_verified(cache_root, corpus.class_names)
+    if cached is not None:
+        dataset, meta = cached
+        table = UtteranceTable(dataset, corpus, meta["bad_audio"], fingerprint)
     else:
         rows, bad = _scan(utts, corpus, data_cfg)
         if bad and data_cfg.get("on_bad_audio", "error") != "skip":
@@ -152,18 +167,125 @@ def build_table(data_cfg: Dict[str, Any], report_dir: Optional[Path] = None) -> 
         table = UtteranceTable(_to_dataset(rows, corpus.class_names), corpus, bad, fingerprint)
         tmp = cache_root.with_name(cache_root.name + f".tmp{os.getpid()}")
         table.dataset.save_to_disk(str(tmp / "arrow"))
-        atomic_write_json(tmp / "COMPLETE.json", {"bad_audio": table.bad_audio, "n": len(table.dataset)})
+        meta = {"format": CACHE_FORMAT, "bad_audio": table.bad_audio, "n": len(table.dataset),
+                "class_names": list(corpus.class_names), "files": _file_sums(tmp / "arrow")}  # fmt: skip
+        meta["sha256"] = _meta_digest(meta)
+        atomic_write_json(tmp / "COMPLETE.json", meta)
         try:
             os.replace(tmp, cache_root)  # atomic publish; a concurrent builder may have won the race
         except OSError:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-        table.dataset = datasets.load_from_disk(str(cache_root / "arrow"))
+        cached = _load_verified(cache_root, corpus.class_names)
+        if cached is None:  # the table just published does not verify: use the rows built here (in memory)
+            print(f"[ser table] using the table built in memory ({cache_root} did not verify)", flush=True)
+        else:
+            table.dataset = cached[0]
     table.debug_dropped = len(corpus.utterances) - len(utts)
     if report_dir is not None:
         write_reports(table, data_cfg, Path(report_dir))
     return table
+
+
+def _meta_digest(meta: Dict[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_sums(folder: Path) -> Dict[str, List[Any]]:
+    """{relative path: [size, sha256]} of every file under folder (the saved Arrow table and its metadata)."""
+    return {
+        p.relative_to(folder).as_posix(): [p.stat().st_size, _sha256_file(p)]
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _verify_table(cache_root: Path, class_names: List[str]) -> Tuple[Any, Dict[str, Any]]:
+    """(dataset, meta) of a cached table once every check passes; TableCacheCorrupt naming the file otherwise."""
+    import datasets
+
+    done = cache_root / "COMPLETE.json"
+    try:
+        meta = json.loads(done.read_text())
+    except (OSError, ValueError) as e:
+        raise TableCacheCorrupt(f"{done}: unreadable ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+        # Tables cached by older code (COMPLETE.json without checksums) are treated as stale and rebuilt, not
+        # re-verified: nothing could show that their columns (sha256, duration, ...) are still as written, and
+        # a rebuild decodes each clip once (the feature cache is keyed by audio content, so it stays valid).
+        raise TableCacheCorrupt(f"{done}: written without checksums by an older version", stale=True)
+    if meta.get("sha256") != _meta_digest(meta):
+        raise TableCacheCorrupt(f"{done}: checksum mismatch")
+    arrow = cache_root / "arrow"
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        raise TableCacheCorrupt(f"{done}: no file checksums")
+    for rel, entry in sorted(files.items()):
+        f = arrow / rel
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise TableCacheCorrupt(f"{done}: malformed checksum entry for {rel}")
+        size, digest = entry
+        if not f.is_file():
+            raise TableCacheCorrupt(f"{f}: missing")
+        if f.stat().st_size != size:
+            raise TableCacheCorrupt(f"{f}: {f.stat().st_size} bytes, expected {size} (truncated or rewritten)")
+        if _sha256_file(f) != digest:
+            raise TableCacheCorrupt(f"{f}: checksum mismatch (its bytes changed after it was written)")
+    try:
+        dataset = datasets.load_from_disk(str(arrow))
+        labels = dataset.data.column("label").to_pylist()
+        names = dataset.data.column("label_name").to_pylist()
+        stored_names = list(dataset.features["label"].names)
+    except Exception as e:  # noqa: BLE001 - whatever the reader trips on, the cache is rebuilt
+        raise TableCacheCorrupt(f"{arrow}: unreadable ({type(e).__name__}: {e})") from None
+    n_ok = len(dataset) == len(labels) == len(names) == meta.get("n")
+    if not n_ok or not stored_names == list(class_names) == meta.get("class_names"):
+        raise TableCacheCorrupt(f"{arrow}: {len(dataset)} rows / classes {stored_names}, expected {meta.get('n')} "
+                                f"rows / classes {class_names}")  # fmt: skip
+    for row, (label, name) in enumerate(zip(labels, names)):
+        if not isinstance(label, int) or not 0 <= label < len(class_names) or class_names[label] != name:
+            raise TableCacheCorrupt(f"{arrow}: row {row} has label {label} but label_name {name!r}")
+    return dataset, meta
+
+
+def _load_verified(cache_root: Path, class_names: List[str]) -> Optional[Tuple[Any, Dict[str, Any]]]:
+    """The cached table when there is one and it verifies; else None, after one printed line naming the file and
+    the problem, a failing cache being moved aside to `<table_cache_dir>/corrupt/` (with REASON.json; one from
+    older code without checksums is removed instead) so that the caller rebuilds it."""
+    done = cache_root / "COMPLETE.json"
+    if not cache_root.exists():
+        return None
+    try:
+        if not done.is_file():  # publishing is atomic, so a folder without its marker was damaged afterwards
+            raise TableCacheCorrupt(f"{done}: missing")
+        return _verify_table(cache_root, class_names)
+    except TableCacheCorrupt as e:
+        reason, stale = str(e), e.stale
+    tag = uuid.uuid4().hex[:6]
+    bad = cache_root.parent / (f".stale-{cache_root.name}-{tag}" if stale else f"corrupt/{cache_root.name}-{tag}")
+    try:
+        bad.parent.mkdir(exist_ok=True)
+        cache_root.rename(bad)
+        atomic_write_json(bad / "REASON.json", {"reason": reason})
+    except OSError:  # another process moved it first (it rebuilds it too), or it cannot be moved: rebuild anyway
+        pass
+    if stale:  # nothing wrong with it, only unverifiable: not kept
+        import shutil
+
+        shutil.rmtree(bad, ignore_errors=True)
+    what = "was cached without checksums" if stale else "does not verify"
+    print(f"[ser table] cached table {what}, rebuilding it: {reason}", flush=True)
+    return None
 
 
 def write_reports(table: UtteranceTable, data_cfg: Dict[str, Any], report_dir: Path) -> None:

@@ -2,10 +2,12 @@
 
 Layout: `<cache.dir>/<key>/shard-<id>/` with one `layer_<k>.npy` per stored layer (all clips' frames
 concatenated, (sum_T, D), fp16 by default, memory-mapped on read) and `index.json` (clip hashes, offsets,
-lengths, per-file sha256). `<key>` hashes everything that changes the features: encoder fingerprint,
-front-end settings, input-length policy, crop policy and storage dtype; a clip is keyed by its audio
-content hash. Shards appear atomically (written to a temp folder, then renamed); a shard that fails its
-checks is moved aside and its clips are re-encoded. Writers hold an exclusive lock, so two workers never
+lengths, per-file sha256, and `index_sha256`: the sha256 of the rest of the index, so the index is verified
+too: a changed offset, length or clip hash makes a corrupt shard, like a flipped byte in the features).
+`<key>` hashes everything that changes the features: encoder fingerprint, front-end settings, input-length
+policy, crop policy and storage dtype; a clip is keyed by its audio content hash. Shards appear atomically
+(written to a temp folder, then renamed); a shard that fails any check (index or arrays) is moved aside to
+`<key>/corrupt/` and its clips are re-encoded. Writers hold an exclusive lock, so two workers never
 encode the same clips; readers need no lock.
 """
 
@@ -36,6 +38,12 @@ _VERIFIED: set = set()  # (path, size, mtime_ns) of layer files whose checksum t
 
 class CacheCorruptError(RuntimeError):
     pass
+
+
+def _index_digest(index: Mapping[str, object]) -> str:
+    """sha256 of an index's content (every field but `index_sha256` itself), in a canonical JSON form."""
+    body = {k: v for k, v in index.items() if k != "index_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _sha256_file(path: Path) -> str:
@@ -91,24 +99,49 @@ class FeatureCache:
                     entries[h] = _Entry(shard, int(off), int(n))
 
     def _check_shard(self, shard: Path) -> dict:
+        """The shard's index once everything in it verifies; CacheCorruptError (naming the file) otherwise.
+
+        The index is always checked (it is small): its own checksum, then its structure (offsets must be the
+        running sum of the lengths, counts must agree). The layer files get the shape check, and their sha256
+        (listed in the verified index) when `verify` is on for that layer.
+        """
         index_file = shard / "index.json"
         try:
             index = json.loads(index_file.read_text())
         except (OSError, ValueError) as e:
             raise CacheCorruptError(f"{index_file}: unreadable index ({e})") from None
-        total = int(sum(index["lengths"]))
-        for layer in index["layers"]:
+        if not isinstance(index, dict):
+            raise CacheCorruptError(f"{index_file}: not an index (a JSON {type(index).__name__})")
+        stored = index.get("index_sha256")
+        if stored is not None and stored != _index_digest(index):
+            raise CacheCorruptError(f"{index_file}: index checksum mismatch (the offsets, lengths, clip hashes or "
+                                    "file checksums it lists were changed after it was written)")  # fmt: skip
+        # An index written before `index_sha256` existed (cache version 1, same cache key) is re-verified rather
+        # than rebuilt: the structural checks below catch a changed offset or count, and the layer files are
+        # still checked against their sha256; what they cannot catch (two lengths swapped, a changed clip hash)
+        # is the remaining risk of such older shards, until they are rebuilt by clearing the cache.
+        try:
+            hashes, lengths, offsets = list(index["hashes"]), [int(n) for n in index["lengths"]], list(index["offsets"])
+            dim, layers, sums = int(index["dim"]), [int(k) for k in index["layers"]], index["sha256"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheCorruptError(f"{index_file}: malformed index ({type(e).__name__}: {e})") from None
+        expected = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist() if lengths else []
+        if offsets != expected or len(hashes) != len(lengths) or min(lengths, default=0) < 0:
+            raise CacheCorruptError(f"{index_file}: inconsistent index (offsets are not the running sum of the "
+                                    "lengths, or the counts of hashes / offsets / lengths differ)")  # fmt: skip
+        total = int(sum(lengths))
+        for layer in layers:
             f = shard / f"layer_{layer}.npy"
             try:
                 arr = np.load(f, mmap_mode="r")
             except (OSError, ValueError) as e:
                 raise CacheCorruptError(f"{f}: unreadable ({e})") from None
-            if arr.shape != (total, index["dim"]) or arr.dtype != np.dtype(DTYPES[self.dtype]):
-                raise CacheCorruptError(f"{f}: shape {arr.shape} {arr.dtype}, expected {(total, index['dim'])}")
-            if self.verify and (self.verify_layers is None or int(layer) in self.verify_layers):
+            if arr.shape != (total, dim) or arr.dtype != np.dtype(DTYPES[self.dtype]):
+                raise CacheCorruptError(f"{f}: shape {arr.shape} {arr.dtype}, expected {(total, dim)}")
+            if self.verify and (self.verify_layers is None or layer in self.verify_layers):
                 stamp = (str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
                 if stamp not in _VERIFIED:  # hash each file once per process (a CV opens the cache per fold)
-                    if _sha256_file(f) != index["sha256"][str(layer)]:
+                    if not isinstance(sums, dict) or _sha256_file(f) != sums.get(str(layer)):
                         raise CacheCorruptError(f"{f}: checksum mismatch")
                     _VERIFIED.add(stamp)
         return index
@@ -182,6 +215,7 @@ class FeatureCache:
                 "hashes": list(hashes), "offsets": offsets, "lengths": lengths, "dim": dim,
                 "layers": sorted(int(k) for k in features), "sha256": sums,
             }  # fmt: skip
+            index["index_sha256"] = _index_digest(index)  # the index is verified like the arrays it describes
             atomic_write_json(tmp / "index.json", index)
             os.rename(tmp, self.dir / name)
         except BaseException as e:
