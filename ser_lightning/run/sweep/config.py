@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Mapping
 
 from ser_lightning.config import ConfigError
 from ser_lightning.run.sweep.agent import DEFAULT_COMMAND
+from ser_lightning.run.sweep.hyperband import validate_early_terminate
 
 SERVER_KEYS = ("run_cap",)  # W&B server sweep keys missing from the sweeps 0.2 JSON schema
 
@@ -34,10 +35,15 @@ def validate_sweep_config(config: Any) -> List[str]:
 
     if not isinstance(config, dict):
         return ["a sweep config is a mapping (method, metric, parameters, command, ...)"]
-    try:  # keys the W&B server knows but sweeps 0.2's schema predates are checked here instead
-        problems = list(schema_violations_from_proposed_config({k: v for k, v in config.items() if k not in SERVER_KEYS}))
+    # keys the W&B server knows but sweeps 0.2's schema predates are checked here instead; early_terminate too
+    # (the schema's message for it is "... is not valid under any of the given schemas"; ours is stricter)
+    try:
+        skip = SERVER_KEYS + ("early_terminate",)
+        problems = list(schema_violations_from_proposed_config({k: v for k, v in config.items() if k not in skip}))
     except ValueError as e:
         return [str(e)]
+    if "early_terminate" in config:
+        problems += validate_early_terminate(config["early_terminate"])
     cap = config.get("run_cap")
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
         problems.append(f"run_cap must be a positive integer (got {cap!r})")

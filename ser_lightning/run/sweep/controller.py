@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ser_lightning.config import ConfigError
-from ser_lightning.run.sweep import leaderboard
+from ser_lightning.run.sweep import hyperband, leaderboard
 from ser_lightning.run.sweep.agent import local_argv
 from ser_lightning.run.sweep.config import _py, varying_keys
-from ser_lightning.run.sweep.trials import STATE, TRIAL_LOG, fmt_metric, log_tail, outputs_metrics, std_key, trial_name, utc_now
+from ser_lightning.run.sweep.trials import (STATE, TRIAL_LOG, fmt_metric, log_tail, outputs_metrics, signal_trial, std_key,
+                                            trial_name, utc_now)  # fmt: skip
 from ser_lightning.utils.io import atomic_write_json, read_json
 
 MAX_INITIAL_FAILURES = 5  # like `wandb agent`: when the first 5 trials of a run all fail, stop (a broken setup)
@@ -77,6 +78,7 @@ class LocalSweep:
         self.varying = varying_keys(config)
         self.exact_names = config["method"] == "grid"
         self.source = source
+        self.hyperband = hyperband.Hyperband.from_config(config)  # early_terminate (hyperband.py), None without one
         self._check_overrides()
         self.state: Dict[str, Any] = {}
         self.active: Dict[str, Dict[str, Any]] = {}  # trial name -> {proc, slot, log}
@@ -136,7 +138,7 @@ class LocalSweep:
     def _sweep_runs(self, extra: Sequence[Dict[str, Any]] = ()) -> list:
         from sweeps import RunState, SweepRun
 
-        states = {"finished": RunState.finished, "failed": RunState.failed}
+        states = {"finished": RunState.finished, "failed": RunState.failed, hyperband.EARLY_STOPPED: RunState.killed}
         runs = []
         for t in list(self.trials) + list(extra):
             state = states.get(t["status"], RunState.running)
@@ -188,6 +190,7 @@ class LocalSweep:
             # OpenMP threads that wait on each other made head steps 5x slower on a busy 2-core machine
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
         env["SER_SWEEP_TRIAL"] = trial["name"]
+        (trial_dir / hyperband.MARKER).unlink(missing_ok=True)
         log_path = trial_dir / TRIAL_LOG
         log = open(log_path, "ab")
         trial["attempts"] = int(trial.get("attempts", 0)) + 1
@@ -196,7 +199,8 @@ class LocalSweep:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         trial.update({"status": "running", "argv": argv, "device": device if device is not None else "cpu",
                       "worker": slot, "started_at": utc_now(), "log": str(log_path.relative_to(self.dir)),
-                      "returncode": None, "error": None, "metric": None, "metric_std": None, "metrics": None})  # fmt: skip
+                      "returncode": None, "error": None, "metric": None, "metric_std": None, "metrics": None,
+                      "early_stopped": None})  # fmt: skip
         self.active[trial["name"]] = {"proc": proc, "slot": slot, "log": log, "start": time.time()}
         self.save()
         where = f"GPU {device}" if device is not None else "CPU"
@@ -211,10 +215,25 @@ class LocalSweep:
             del self.active[name]
             self._record(self._trial(name), rc, time.time() - info["start"])
 
+    def _early_terminate(self) -> None:
+        """Hyperband (hyperband.py): SIGTERM the trials it stops (their process group), SIGKILL after a grace period."""
+        changed, stop = self.hyperband.poll(self.dir, self.trials, list(self.active))
+        for name in stop:
+            signal_trial(self.active[name]["proc"], signal.SIGTERM)
+            self.active[name]["kill_at"] = time.time() + hyperband.EARLY_STOP_GRACE_S
+        for info in [i for i in self.active.values() if time.time() > i.get("kill_at", float("inf"))]:
+            signal_trial(info["proc"], signal.SIGKILL)
+        if changed:
+            self.save()
+
     def _record(self, trial: Dict[str, Any], rc: int, wall_s: float) -> None:
         trial_dir = self.dir / trial["name"]
         trial.update({"returncode": rc, "ended_at": utc_now(), "wall_s": round(wall_s, 1)})
-        if self._stopping and rc != 0:
+        if self.hyperband:
+            self.hyperband.observe(trial, trial_dir)  # the brackets it reached since the last poll count too
+        if trial.get("early_stopped") and not (rc == 0 and self.metric in outputs_metrics(trial_dir)):
+            hyperband.mark_early_stopped(self.dir, trial)
+        elif self._stopping and rc != 0:
             trial["status"] = "interrupted"
             print(f"[ser sweep] stopped {trial['name']} (exit {rc}); it resumes when the sweep runs again", flush=True)
         elif rc != 0:
@@ -247,10 +266,7 @@ class LocalSweep:
         """SIGTERM every running trial (ser saves and exits 143), SIGKILL after a grace period."""
         self._stopping = True
         for info in self.active.values():
-            try:
-                os.killpg(info["proc"].pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
+            signal_trial(info["proc"], signal.SIGTERM)
         deadline = time.time() + 60
         try:
             while self.active and time.time() < deadline:
@@ -259,10 +275,7 @@ class LocalSweep:
         except KeyboardInterrupt:  # a second Ctrl-C: do not wait for the trials to save
             pass
         for name, info in list(self.active.items()):
-            try:
-                os.killpg(info["proc"].pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            signal_trial(info["proc"], signal.SIGKILL)
             info["proc"].wait()
         self._reap()
 
@@ -270,7 +283,10 @@ class LocalSweep:
         lock = self._lock()
         try:
             self._load_state()
+            hyperband.settle_early_stopped(self.dir, self.trials)
             self.save()
+            if self.hyperband:
+                print(f"[ser sweep] {self.hyperband.describe()}", flush=True)
             resume = [t for t in self.trials if t["status"] in ("running", "interrupted", "pending")]
             if self.retry_failed:
                 resume += [t for t in self.trials if t["status"] == "failed"]
@@ -293,6 +309,8 @@ class LocalSweep:
                     if not self.active:
                         break
                     time.sleep(self.poll_s)
+                    if self.hyperband:
+                        self._early_terminate()
                     before = {n: i["slot"] for n, i in self.active.items()}
                     self._reap()
                     free += sorted(s for n, s in before.items() if n not in self.active)

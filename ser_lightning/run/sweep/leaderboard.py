@@ -1,9 +1,11 @@
-"""The sweep's leaderboard: finished trials ranked by the YAML's metric, written to leaderboard.md and printed."""
+"""The sweep's leaderboard: finished trials ranked by the YAML's metric, written to leaderboard.md and printed; the
+others (early-stopped by hyperband, failed, unfinished) listed after them with their status."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
+from ser_lightning.run.sweep.hyperband import EARLY_STOPPED, MARKER
 from ser_lightning.run.sweep.trials import LEADERBOARD, STATE, fmt_metric
 from ser_lightning.utils.io import atomic_write_text
 
@@ -32,11 +34,21 @@ def remaining(config: Mapping[str, Any], trials: Sequence[Dict[str, Any]]) -> Op
     return None if left is None else max(0, left)
 
 
+def status_text(trial: Mapping[str, Any]) -> str:
+    """A trial's status for the leaderboard; an early-stopped one with its bracket, value and the cut."""
+    stop = trial.get("early_stopped")
+    if trial["status"] == EARLY_STOPPED and isinstance(stop, Mapping):
+        sign = "<" if stop.get("maximize", True) else ">"
+        return f"{EARLY_STOPPED} (epoch {stop['bracket_epoch']}: {stop['value']:.4f} {sign} cut {stop['cut']:.4f})"
+    return str(trial["status"])
+
+
 def leaderboard_markdown(sweep: "LocalSweep") -> str:
     trials, metric, varying = sweep.trials, sweep.metric, sweep.varying
     best = ranked(trials, sweep.goal)
     others = [t for t in trials if t not in best]
-    counts = {s: sum(t["status"] == s for t in trials) for s in ("finished", "failed", "running", "pending", "interrupted")}
+    statuses = ("finished", EARLY_STOPPED, "failed", "running", "pending", "interrupted")
+    counts = {s: sum(t["status"] == s for t in trials) for s in statuses}
     lines = [
         f"# Sweep {sweep.state.get('source') or sweep.dir.name}",
         "",
@@ -51,7 +63,11 @@ def leaderboard_markdown(sweep: "LocalSweep") -> str:
         lines.append(f"| {i} | {t['name']} | " + " | ".join(cells) + f" | {fmt_metric(t['metric'], t.get('metric_std'))} |")
     for t in others:
         cells = [str(t["params"].get(k)) for k in varying]
-        lines.append(f"| - | {t['name']} | " + " | ".join(cells) + f" | {t['status']} |")
+        lines.append(f"| - | {t['name']} | " + " | ".join(cells) + f" | {status_text(t)} |")
+    stopped = [t for t in trials if t["status"] == EARLY_STOPPED and isinstance(t.get("early_stopped"), Mapping)]
+    if stopped:
+        lines += ["", "## Early-stopped trials (hyperband)", ""]
+        lines += [f"- `{t['name']}`: {t['early_stopped']['reason']} — `{t['name']}/{MARKER}`" for t in stopped]
     failed = [t for t in trials if t["status"] == "failed"]
     if failed:
         lines += ["", "## Failed trials", ""]
@@ -73,7 +89,7 @@ def print_leaderboard(sweep: "LocalSweep") -> None:
         print(f"  {i:>4}  {t['name']:<{width}}  {fmt_metric(t['metric'], t.get('metric_std'))}")
     for t in trials:
         if t not in best:
-            print(f"  {'-':>4}  {t['name']:<{width}}  {t['status']}")
+            print(f"  {'-':>4}  {t['name']:<{width}}  {status_text(t)}")
     unfinished = sum(t["status"] in ("running", "interrupted", "pending") for t in trials)
     left = remaining(sweep.config, trials)
     if unfinished == 0 and left == 0:
@@ -82,4 +98,6 @@ def print_leaderboard(sweep: "LocalSweep") -> None:
         todo = [f"{unfinished} unfinished"] if unfinished else []
         todo += [f"{left} not started"] if left else (["no limit (random/bayes): use --count"] if left is None else [])
         more = f"{', '.join(todo)}: run the same command again to continue"
-    print(f"[ser sweep] {len(best)}/{len(trials)} trials finished; {more}; state: {sweep.dir / STATE}", flush=True)
+    stopped = sum(t["status"] == EARLY_STOPPED for t in trials)
+    early = f" ({stopped} early-stopped by hyperband)" if stopped else ""
+    print(f"[ser sweep] {len(best)}/{len(trials)} trials finished{early}; {more}; state: {sweep.dir / STATE}", flush=True)

@@ -4,12 +4,14 @@
     <sweep dir>/leaderboard.md     the trials ranked by the sweep's metric
     <sweep dir>/<trial>/trial.log  the trial's output, one `==== ` header per attempt
     <sweep dir>/<trial>/...        the trial's run folder (results.json, or summary.json for a `ser cv` trial)
+    <sweep dir>/<trial>/EARLY_STOPPED.json  why hyperband stopped it (early_terminate, hyperband.py)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,3 +93,11 @@ def log_tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def signal_trial(proc: Any, signum: int) -> None:
+    """Signal a trial's process group (a trial runs in a session of its own: its folds' worker processes too)."""
+    try:
+        os.killpg(proc.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
