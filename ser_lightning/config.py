@@ -143,7 +143,9 @@ class WandbConfig:
     job_type: Optional[str] = _f(None, "W&B job_type (fold, cv-summary, sweep-trial).")
     name: Optional[str] = _f(None, "Run name.")
     tags: List[str] = _f(None, "Run tags.", factory=list)
-    dir: Optional[str] = _f(None, "Where wandb writes (default: output_dir).")
+    dir: Optional[str] = _f(None, "Where wandb writes (default: $WANDB_DIR when set, else output_dir).")
+    log_model: bool = _f(True, "Log each run's exported model as a W&B model artifact (aliases latest, fold-K; best for a sweep's best trial) with the dataset artifact (corpus table + feature cache) it was trained on.")
+    predictions_audio: int = _f(200, "Test-prediction table: attach wandb.Audio to at most this many misclassified clips (0 = none); the rest are left out and counted.")
 
 
 @dataclass

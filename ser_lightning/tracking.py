@@ -116,14 +116,14 @@ def make_logger(cfg: Any, output_dir: Path, run_config: Dict[str, Any]):
 
     if cfg.wandb.job_type in ("fold", "fold-member"):  # part of a CV: the trial's run is the cv-summary run
         detach_from_agent()
-    save_dir = Path(cfg.wandb.dir or output_dir)
+    save_dir = wandb_dir(cfg, output_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     kwargs: Dict[str, Any] = {}
     if not in_agent():
         # a rerun of the same folder continues its W&B run instead of creating a duplicate
         # (under `wandb agent` the run id is the agent's: wandb ignores ours)
         kwargs = {"id": _stable_run_id(output_dir), "resume": "allow"}
-    return WandbLogger(
+    logger = WandbLogger(
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,
         group=cfg.wandb.group,
@@ -135,6 +135,27 @@ def make_logger(cfg: Any, output_dir: Path, run_config: Dict[str, Any]):
         config=run_config,
         **kwargs,
     )
+    if is_global_zero():
+        define_summaries(logger.experiment, str(cfg.monitor), str(cfg.monitor_mode))
+    return logger
+
+
+def wandb_dir(cfg: Any, output_dir: Path) -> Path:
+    """Where W&B writes: wandb.dir, else $WANDB_DIR (what W&B users set to keep runs elsewhere), else the run folder."""
+    return Path(cfg.wandb.dir or os.environ.get("WANDB_DIR") or output_dir)
+
+
+def define_summaries(run: Any, monitor: str = "val/ua", mode: str = "max") -> None:
+    """Dashboards and sweep charts show the right numbers without workspace edits: every val/ and train/ metric
+    is plotted against the epoch; val/ua and the selection metric summarise as their best value over epochs
+    (`max`, or `min` for a minimised monitor); test metrics are logged once, from the selected checkpoint, so
+    their summary is that checkpoint's."""
+    run.define_metric("epoch")
+    for pattern in ("val/*", "train/*"):
+        run.define_metric(pattern, step_metric="epoch")
+    run.define_metric("val/ua", step_metric="epoch", summary="max")
+    if monitor != "val/ua":
+        run.define_metric(monitor, step_metric="epoch", summary=mode)
 
 
 def offline_wandb(cfg: Any, logger: Any) -> bool:
@@ -199,6 +220,31 @@ def log_test_results(logger: Any, results: Dict[str, Any], class_names: Sequence
     run.summary.update(trial_metrics(results))
 
 
+def log_fold_review(logger: Any, cfg: Any, out: Path, results: Dict[str, Any], predictions: Mapping[str, Any],
+                    dataset: Optional[Mapping[str, Any]]) -> Dict[str, Any]:  # fmt: skip
+    """A fold run's review material: the test-prediction table (audio for misclassified clips) and, unless
+    wandb.log_model=false, the exported model as a model artifact with its dataset artifact. Returns what was
+    logged (for results.json); {} when the logger is not W&B."""
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:  # pragma: no cover
+        return {}
+    if not isinstance(logger, WandbLogger) or not is_global_zero():
+        return {}
+    from ser_lightning.review import log_model_artifact, log_predictions, model_metadata, prediction_rows
+
+    run = logger.experiment
+    columns, rows = prediction_rows(predictions)
+    logged: Dict[str, Any] = {"predictions": log_predictions(run, columns, rows, int(cfg.wandb.predictions_audio),
+                                                             "test/predictions", int(cfg.data.sample_rate))}  # fmt: skip
+    if cfg.wandb.log_model and (out / "export").is_dir():
+        name = f"{cfg.wandb.group or out.name}-model"
+        aliases = ["latest", f"fold-{results['fold']}"]
+        logged["artifacts"] = log_model_artifact(run, out / "export", name, aliases, model_metadata(results, cfg), dataset,
+                                                 offline=wandb_mode(cfg.wandb.mode) == "offline")  # fmt: skip
+    return logged
+
+
 # ---------------------------------------------------------------------------------------------- CV summary
 def cv_metrics(summary: Mapping[str, Any]) -> Dict[str, float]:
     """`cv/<key>_mean` and `cv/<key>_std` for every fold metric of a CV summary.json (`cv/test/ua_mean` is the
@@ -235,7 +281,7 @@ def log_cv_summary_run(cfg: Any, summary: Dict[str, Any]) -> None:
 
     out = Path(cfg.output_dir)
     agent = restore_agent()
-    save_dir = Path(cfg.wandb.dir or out)
+    save_dir = wandb_dir(cfg, out)
     save_dir.mkdir(parents=True, exist_ok=True)
     ids: Dict[str, Any] = {} if agent else {"id": _stable_run_id(out / "summary"), "resume": "allow"}
     run = wandb.init(
@@ -263,8 +309,27 @@ def log_cv_summary_run(cfg: Any, summary: Dict[str, Any]) -> None:
     if image.is_file():
         payload["cv/confusion_matrix_image"] = wandb.Image(str(image))
     run.log(payload)
+    log_cv_predictions(run, cfg, out, summary.get("folds", []))
     run.summary.update(metrics)
     run.finish()
+
+
+def log_cv_predictions(run: Any, cfg: Any, out: Path, folds: Sequence[int]) -> Optional[Dict[str, int]]:
+    """Every fold's test predictions in one table (a `fold` column), audio for the misclassified clips (capped),
+    so a reviewer filters "true anger, predicted happiness" over the whole CV and listens."""
+    from ser_lightning.review import log_predictions, prediction_rows
+    from ser_lightning.utils.io import read_json
+
+    columns: List[str] = []
+    rows: List[List[Any]] = []
+    for k in folds:
+        predictions = read_json(out / f"fold_{k}" / "test_predictions.json")
+        if predictions:
+            columns, fold_rows = prediction_rows(predictions, fold=int(k))
+            rows += fold_rows
+    if not rows:
+        return None
+    return log_predictions(run, columns, rows, int(cfg.wandb.predictions_audio), "cv/predictions", int(cfg.data.sample_rate))
 
 
 def log_report_run(out_dir: Path, title: str, images: Mapping[str, Path], tables: Mapping[str, Any], mode: str = "auto",

@@ -207,3 +207,29 @@ def test_a_fusion_run_shows_no_single_layer():
     single = Run("s", Path("s"), "cv", {}, [], config={"model.layer": 4, "model.layers": None})
     assert fused.value("model.layer") is None and fused.value("model.layers") == [3, 4, 5, 6]
     assert single.value("model.layer") == 4
+
+
+def test_errors_page_lists_the_misclassified_clips_with_playable_audio(tmp_path):
+    """errors.html: every misclassified test clip of the run, an audio player whose source (relative to the page)
+    is the clip's file, filters by true / predicted class; report.md names the most frequent confusions."""
+    import html as html_lib
+
+    import fakes
+
+    make_cv(tmp_path / "cv_a")
+    clips = [fakes.write_audio(tmp_path / "audio" / f"c{i} é.wav", seed=i) for i in range(4)]
+    probs = [[0.7, 0.1, 0.1, 0.1], [0.1, 0.2, 0.6, 0.1], [0.1, 0.1, 0.2, 0.6], [0.1, 0.1, 0.7, 0.1]]
+    labels = [0, 1, 3, 3]  # clip 1: happy read as sad; clip 3: angry read as sad
+    predictions = {"class_names": CLASSES, "sha256": ["x"] * 4, "path": [str(c) for c in clips],
+                   "speaker": ["01"] * 4, "label": labels, "probabilities": probs}  # fmt: skip
+    (tmp_path / "cv_a" / "fold_1" / "test_predictions.json").write_text(json.dumps(predictions))
+    res = make_report([tmp_path / "cv_a"], tmp_path / "rep")
+    page = (tmp_path / "rep" / "errors.html").read_text()
+    assert res["errors"] == tmp_path / "rep" / "errors.html"
+    rows = re.findall(r"<tr class='e' data-t='(\w+)' data-p='(\w+)'>.*?<audio controls preload='none' src='([^']+)'>", page)
+    assert [(t, p) for t, p, _ in rows] == [("happy", "sad"), ("angry", "sad")]
+    for (_, _, src), clip in zip(rows, (clips[1], clips[3])):
+        assert (tmp_path / "rep" / html_lib.unescape(src)).resolve() == clip.resolve()
+    assert "2 misclassified of" in page and "<select id='t'" in page
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "[errors.html](errors.html)" in md and _md_rows(md, "happy")[-1] == ["happy", "sad", "1"]

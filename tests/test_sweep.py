@@ -338,6 +338,19 @@ def test_one_worker_per_gpu_and_leaderboard(tmp_path, capsys):
     assert pair.devices == ["0,1", "2,3"] and pair.workers == 2
 
 
+def test_several_workers_share_one_gpu(tmp_path):
+    """`--workers 3 --gpus 0`: three head-only trials at a time, all on GPU 0 (issue #20)."""
+    config = _fake_sweep(x={"values": [1, 2, 3, 4, 5, 6]})
+    ctl = S.LocalSweep(config, tmp_path / "g", gpus="0", workers=3, poll_s=0.05)
+    assert ctl.workers == 3 and ctl.devices == ["0"]
+    assert ctl.run() == 0
+    state = json.loads((tmp_path / "g" / S.STATE).read_text())
+    assert sorted(t["worker"] for t in state["trials"][:3]) == [0, 1, 2]
+    for t in state["trials"]:
+        res = json.loads((tmp_path / "g" / t["name"] / "results.json").read_text())
+        assert res["cuda_visible_devices"] == t["device"] == "0"
+
+
 def test_cpu_workers_split_the_cores_between_them(tmp_path, monkeypatch):
     import os
 

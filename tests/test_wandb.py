@@ -198,3 +198,175 @@ def test_under_wandb_agent_the_cv_summary_run_is_the_trial(cv_run, monkeypatch):
     assert run["config"]["model.layer"] == 2  # the sweep's parameter, as the server shows it
     assert run["summary"]["cv/test/ua_mean"] == pytest.approx(summary["test/ua"]["mean"])
     wandb.teardown()
+
+
+# ------------------------------------------------------------------------------------ review hub (issue #20)
+def _artifacts(run_dir: Path) -> List[Any]:
+    (log,) = run_dir.glob("run-*.wandb")
+    return [r.artifact for r in _complete_records(log) if r.WhichOneof("record_type") == "artifact"]
+
+
+def _md5_b64(path: Path) -> str:
+    import base64
+    import hashlib
+
+    return base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode()
+
+
+def _runs_by_job(tmp: Path) -> Dict[str, List[Dict[str, Any]]]:
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for d in sorted((tmp / "wb" / "wandb").glob("offline-run-*")):
+        run = read_run(d)
+        out.setdefault(run["job_type"], []).append(run)
+    return out
+
+
+def test_cv_logs_model_and_dataset_artifacts_with_aliases_and_digests(cv_run):
+    tmp, _ = cv_run
+    out = tmp / "cv_tiny"
+    folds = sorted(_runs_by_job(tmp)["fold"], key=lambda r: r["name"])
+    for k, run in zip((1, 2), folds):
+        results = json.loads((out / f"fold_{k}" / "results.json").read_text())
+        arts = {a.type: a for a in _artifacts(run["dir"]) if a.type != "run_table"}  # (tables are artifacts too)
+        assert set(arts) == {"model", "dataset"}
+        model, dataset = arts["model"], arts["dataset"]
+        assert model.name == "cv_tiny-model" and set(model.aliases) == {"latest", f"fold-{k}"}
+        files = {c.path: c for c in model.manifest.contents}
+        assert set(files) == {"head.json", "head.safetensors"}
+        for name, entry in files.items():  # the artifact holds exactly the exported files
+            assert entry.digest == _md5_b64(out / f"fold_{k}" / "export" / name)
+        meta = json.loads(model.metadata)
+        assert meta["encoder"] == results["encoder"] and meta["class_names"] == results["class_names"]
+        assert meta["config_hash"] == results["config_hash"] and meta["dataset_artifact"] == dataset.name
+        (features,) = dataset.manifest.contents
+        listed = json.loads(Path(features.local_path).read_text())
+        table_fp = results["provenance"]["data"]["table_fingerprint"] if "data" in results["provenance"] else None
+        assert listed["n_clips"] == len(listed["clip_sha256"]) and listed["corpus"] == "ravdess"
+        assert table_fp is None or listed["table_fingerprint"] == table_fp
+        assert listed["splits"]["test"] == results["test_speakers"]
+        assert results["wandb"]["artifacts"]["model"] == "cv_tiny-model"
+
+
+def _logged_table(run: Dict[str, Any], key: str) -> Dict[str, Any]:
+    """A logged wandb.Table as W&B stores it with its media: the run_table artifact the run logs for it (the
+    run-folder copy names media cells only by type until the run is synced). Adds `_files`: the artifact's files."""
+    slug = key.replace("/", "")
+    (art,) = [a for a in _artifacts(run["dir"]) if a.type == "run_table" and a.name.rsplit("-", 1)[0].endswith(f"-{slug}")]
+    files = {c.path: c.local_path for c in art.manifest.contents}
+    (table_json,) = [p for p in files if p.endswith(".table.json")]
+    table = json.loads(Path(files[table_json]).read_text())
+    table["_files"] = files
+    return table
+
+
+def test_prediction_tables_with_audio_for_the_misclassified_clips(cv_run):
+    tmp, _ = cv_run
+    out = tmp / "cv_tiny"
+    runs = _runs_by_job(tmp)
+    total = 0
+    for run in runs["fold"]:
+        k = run["config"]["data"]["fold"]
+        results = json.loads((out / f"fold_{k}" / "results.json").read_text())
+        table = _logged_table(run, "test/predictions")
+        cols = table["columns"]
+        assert cols[:6] == ["clip", "path", "speaker", "true", "predicted", "correct"] and cols[-1] == "audio"
+        assert len(table["data"]) == results["n_test"]
+        wrong = [r for r in table["data"] if not r[cols.index("correct")]]
+        n_correct = sum(results["confusion_matrix"][i][i] for i in range(len(results["class_names"])))
+        assert len(wrong) == results["n_test"] - n_correct
+        with_audio = [r for r in table["data"] if r[-1]]
+        assert len(with_audio) == min(len(wrong), 200) and all(not r[cols.index("correct")] for r in with_audio)
+        assert all(r[-1]["_type"] == "audio-file" for r in with_audio)
+        import soundfile as sf
+
+        for r in with_audio[:3]:  # listenable: the clip itself, decoded at 16 kHz
+            wave, sr = sf.read(table["_files"][r[-1]["path"]])
+            assert sr == 16000 and abs(len(wave) / sr - sf.info(r[cols.index("path")]).duration) < 0.01
+        assert run["summary"]["test/predictions_audio_left_out"] == max(0, len(wrong) - 200)
+        total += results["n_test"]
+    (summary_run,) = runs["cv-summary"]
+    table = _logged_table(summary_run, "cv/predictions")
+    assert len(table["data"]) == total and {r[0] for r in table["data"]} == {1, 2}  # the fold column
+
+
+def test_wandb_summary_shows_the_selected_checkpoint_and_agrees_with_the_leaderboard(cv_run):
+    """define_metric: val/ua summarises as its max over epochs, the checkpoint-selection score the leaderboard
+    shows; test metrics are the selected checkpoint's; the epoch is the step metric."""
+    tmp, _ = cv_run
+    out = tmp / "cv_tiny"
+    for run in _runs_by_job(tmp)["fold"]:
+        results = json.loads((out / f"fold_{run['config']['data']['fold']}" / "results.json").read_text())
+        assert run["summary"]["val/ua"] == {"max": pytest.approx(results["best_val"])}
+        assert run["summary"]["test/ua"] == pytest.approx(results["test/ua"])
+    from ser_lightning.run.report.runs import load_run
+
+    row = load_run(out)  # what `ser report`'s leaderboard shows for this CV
+    (summary_run,) = _runs_by_job(tmp)["cv-summary"]
+    assert summary_run["summary"]["cv/val/ua_best_mean"] == pytest.approx(row.stat("val/ua_best")[0])
+    assert summary_run["summary"]["cv/test/ua_mean"] == pytest.approx(row.stat("test/ua")[0])
+    assert summary_run["summary"]["cv/test/ua_std"] == pytest.approx(row.stat("test/ua")[1])
+
+
+def test_predict_reads_a_logged_model_artifact_folder(cv_run, tmp_path):
+    """The artifact's files laid out as W&B downloads them (path -> file) are a model `ser predict` runs, with the
+    run's own test scores."""
+    import shutil
+
+    from ser_lightning.run.predict import predict_files
+
+    tmp, _ = cv_run
+    run = next(r for r in _runs_by_job(tmp)["fold"] if r["config"]["data"]["fold"] == 1)
+    model = next(a for a in _artifacts(run["dir"]) if a.type == "model")
+    folder = tmp_path / "artifacts" / "cv_tiny-model-v0"
+    for entry in model.manifest.contents:
+        (folder / entry.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(entry.local_path, folder / entry.path)
+        assert _md5_b64(folder / entry.path) == entry.digest
+    stored = json.loads((tmp / "cv_tiny" / "fold_1" / "test_predictions.json").read_text())
+    records = predict_files(folder, stored["path"][:5])
+    for record, probs in zip(records, stored["probabilities"][:5]):
+        assert [record["probs"][c] for c in stored["class_names"]] == pytest.approx(probs, abs=1e-4)
+
+
+def test_a_wandb_reference_that_cannot_be_resolved_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens: fails at once, never hangs
+    assert main(["predict", "--run", "wandb:team/proj/model:best", str(tmp_path / "a.wav")]) == 1
+    assert "wandb:team/proj/model:best: cannot download the model artifact" in capsys.readouterr().err
+
+
+def test_wandb_dir_environment_variable_is_honoured(tmp_path, monkeypatch):
+    import wandb
+
+    from ser_lightning import tracking
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    cfg = compose(["model.encoder=random:test", "data.root=/x", "wandb.mode=offline", f"output_dir={tmp_path / 'run'}"])
+    logger = tracking.make_logger(cfg, tmp_path / "run", {})
+    assert Path(logger.experiment.dir).resolve().is_relative_to((tmp_path / "elsewhere").resolve())
+    wandb.finish()
+    monkeypatch.delenv("WANDB_DIR")
+    cfg = compose(["model.encoder=random:test", "data.root=/x", "wandb.mode=offline", f"wandb.dir={tmp_path / 'mine'}"])
+    logger = tracking.make_logger(cfg, tmp_path / "run", {})
+    assert Path(logger.experiment.dir).resolve().is_relative_to((tmp_path / "mine").resolve())  # wandb.dir wins
+    wandb.finish()
+
+
+def test_a_sweeps_best_trial_is_logged_as_the_best_model(cv_run, tmp_path, monkeypatch):
+    import shutil
+
+    from ser_lightning.review import log_sweep_best
+
+    tmp, _ = cv_run
+    sweep = tmp_path / "my_sweep"
+    shutil.copytree(tmp / "cv_tiny", sweep / "layer-2", ignore=shutil.ignore_patterns("wandb"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    logged = log_sweep_best(sweep, {"name": "layer-2", "params": {"model.layer": 2}, "metric": 0.4}, "offline")
+    assert logged["folders"] == ["fold_1/", "fold_2/"]
+    (run_dir,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
+    (model,) = [a for a in _artifacts(run_dir) if a.type == "model"]
+    assert model.name == "my_sweep-model" and set(model.aliases) == {"best", "latest"}
+    files = {c.path: c.digest for c in model.manifest.contents}
+    assert set(files) == {f"fold_{k}/{n}" for k in (1, 2) for n in ("head.json", "head.safetensors")}
+    assert files["fold_2/head.safetensors"] == _md5_b64(sweep / "layer-2" / "fold_2" / "export" / "head.safetensors")
+    assert json.loads(model.metadata)["params"] == {"model.layer": 2}

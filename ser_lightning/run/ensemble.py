@@ -133,7 +133,7 @@ def train_ensemble(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     )
     export_ensemble(out, k)
     image = confusion_png(results, out)
-    _log_fold(cfg, out, results, image)
+    results["wandb"] = _log_fold(cfg, out, results, image, combined)
     atomic_write_json(out / PREDICTIONS, combined)
     atomic_write_json(out / RESULTS, results)  # last: its presence marks the fold finished
     ua = ", ".join(f"{100 * r['test/ua']:.2f}" for r in members)
@@ -142,16 +142,19 @@ def train_ensemble(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
     return results
 
 
-def _log_fold(cfg: DictConfig, out: Path, results: Dict[str, Any], image: Any) -> None:
-    """The fold's W&B run (job_type as configured, e.g. `fold` in a CV) with the ensemble's test results."""
+def _log_fold(cfg: DictConfig, out: Path, results: Dict[str, Any], image: Any, predictions: Dict[str, Any]) -> Dict[str, Any]:
+    """The fold's W&B run (job_type as configured, e.g. `fold` in a CV) with the ensemble's test results, its
+    prediction table and the ensemble as the model artifact (the dataset artifact is the first member's)."""
     from ser_lightning.tracking import log_test_results, make_logger, wandb_mode
 
     if wandb_mode(cfg.wandb.mode) == "disabled":
-        return
+        return {}
     from omegaconf import OmegaConf
 
-    from ser_lightning.tracking import finish_logger
+    from ser_lightning.tracking import finish_logger, log_fold_review
 
     logger = make_logger(cfg, out, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     log_test_results(logger, results, results["class_names"], image)
+    logged = log_fold_review(logger, cfg, out, results, predictions, None)
     finish_logger(logger)
+    return logged

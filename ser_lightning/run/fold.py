@@ -47,7 +47,8 @@ def train_one(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
 
     from ser_lightning.run.callbacks import HISTORY, EpochHistory, RunCheckpoint, choose_resume, replay_history
     from ser_lightning.run.provenance import provenance, write_provenance
-    from ser_lightning.tracking import finish_logger, log_test_results, make_logger, offline_wandb
+    from ser_lightning.review import dataset_manifest
+    from ser_lightning.tracking import finish_logger, log_fold_review, log_test_results, make_logger, offline_wandb
 
     require(cfg, "data.root", "model.encoder")
     out = Path(cfg.output_dir)
@@ -127,7 +128,10 @@ def train_one(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
         image = confusion_png(results, out)
         results["cma_attention"] = cma_attention(module, dm, out)
         log_test_results(logger, results, dm.class_names, image)
-        atomic_write_json(out / PREDICTIONS, test_predictions(module.test_predictions, dm))
+        predictions = test_predictions(module.test_predictions, dm)
+        atomic_write_json(out / PREDICTIONS, predictions)
+        if cfg.wandb.job_type != "fold-member":  # an ensemble's fold run logs the ensemble instead (run/ensemble.py)
+            results["wandb"] = log_fold_review(logger, cfg, out, results, predictions, dataset_manifest(dm))
         atomic_write_json(out / RESULTS, results)  # last: its presence marks the run finished
         print(
             f"[ser] fold {results['fold']}: test WA {results['test/wa']:.4f}  UA {results['test/ua']:.4f}  "

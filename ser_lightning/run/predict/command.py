@@ -16,7 +16,8 @@ from ser_lightning.utils.io import atomic_write_bytes
 
 def add_subcommand(sub: argparse._SubParsersAction):
     p = sub.add_parser("predict", help="predict the emotion of audio files with a trained run's exported head")
-    p.add_argument("--run", required=True, help="run folder (with export/) or export folder (from `ser export`)")
+    p.add_argument("--run", required=True, help="run folder (with export/), export folder (from `ser export`), a "
+                   "downloaded model-artifact folder, or wandb:entity/project/name:alias (downloaded through the W&B API)")
     p.add_argument("audio", nargs="+", help="audio files, folders, or manifests (.csv/.tsv/.jsonl with a path column)")
     p.add_argument("--encoder", default=None, help="local copy of the encoder weights named in head.json")
     p.add_argument("--out", default=None, help="write predictions to FILE.jsonl or FILE.csv")
@@ -35,7 +36,9 @@ def add_subcommand(sub: argparse._SubParsersAction):
             print(f"ser predict: --audio-root {args.audio_root}: not a folder", file=sys.stderr)
             return 2
         try:
-            predictor = Predictor(args.run, encoder=args.encoder, device=args.device, batch_size=args.batch_size)
+            from ser_lightning.review import resolve_run
+
+            predictor = Predictor(resolve_run(args.run), encoder=args.encoder, device=args.device, batch_size=args.batch_size)
         except EncoderFingerprintError as e:
             print(f"ser predict: error: {e}", file=sys.stderr)
             return 1

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from ser_lightning.run.report.doc import Doc
+from ser_lightning.run.report.errors import errors_page, misclassified, top_confusions
 from ser_lightning.run.report.runs import collect
 from ser_lightning.run.report.sections import METRICS, comparison_sections, single_run_sections
 from ser_lightning.utils.io import atomic_write_text
@@ -24,6 +25,13 @@ def make_report(inputs: Sequence[Path], out: Path, compare: Optional[Sequence[st
         doc = Doc(title or f"Report: {run.name}")
         pngs = single_run_sections(doc, run, images)
         tables["summary"] = (["metric", "mean", "std"], [[label, *run.stat(k)] for k, label in METRICS])
+        page = errors_page(run, out)
+        if page is not None:
+            rows = misclassified(run)
+            doc.h("Misclassified test clips")
+            doc.p(f"{len(rows)} misclassified test clips, each with an audio player and filters by true and predicted "
+                  f"class: [{page.name}]({page.name}) (open it on the machine that holds the corpus). Most frequent:")  # fmt: skip
+            doc.table(["true", "predicted", "clips"], top_confusions(rows))
     else:
         doc = Doc(title or f"Report: {len(runs)} runs")
         pngs, tables = comparison_sections(doc, runs, failed, images, compare)
@@ -31,6 +39,7 @@ def make_report(inputs: Sequence[Path], out: Path, compare: Optional[Sequence[st
     atomic_write_text(out / "report.md", doc.markdown(out))
     atomic_write_text(out / "report.html", doc.html())
     result: Dict[str, Any] = {"markdown": out / "report.md", "html": out / "report.html", "images": pngs,
+                              "errors": out / "errors.html" if (out / "errors.html").is_file() else None,
                               "runs": [r.name for r in runs], "failed": [t.get("name") for t in failed]}  # fmt: skip
     if wandb_mode is not None:
         from ser_lightning.tracking import log_report_run

@@ -54,9 +54,27 @@ def add_subcommand(sub: argparse._SubParsersAction):
                                 retry_failed=args.retry_failed, source=str(args.sweep_yaml),
                                 gpus_per_trial=args.gpus_per_trial)  # fmt: skip
         try:
-            return controller.run()
+            rc = controller.run()
         except SweepError as e:
             print(f"ser sweep: {e}", file=sys.stderr)
             return 1
+        log_best(controller, overrides)
+        return rc
 
     return run
+
+
+def log_best(controller: LocalSweep, overrides: Sequence[str]) -> None:
+    """The best finished trial's model as the sweep's `best` model artifact (review.log_sweep_best); the W&B mode
+    and project are the trials' (wandb.mode= / wandb.project= overrides, else auto / ser_lightning)."""
+    ranked = [t for t in controller.ranked() if t.get("status") == "finished"]
+    if not ranked:
+        return
+    settings = dict(item.split("=", 1) for item in overrides if item.startswith(("wandb.mode=", "wandb.project=", "wandb.entity=")))
+    from ser_lightning.review import log_sweep_best
+    from ser_lightning.tracking import wandb_mode
+
+    logged = log_sweep_best(controller.dir, ranked[0], wandb_mode(settings.get("wandb.mode", "auto")),
+                            settings.get("wandb.project", "ser_lightning"), settings.get("wandb.entity"))  # fmt: skip
+    if logged:
+        print(f"[ser sweep] best trial {logged['trial']}: model artifact {logged['model']}:best")
