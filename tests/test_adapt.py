@@ -1,0 +1,119 @@
+"""models/adapt.py (issue #16, the building block): the encoder's top blocks fed from a lower layer's output
+reproduce the frozen encoder exactly while the adapters are at their initial values, for every input policy; the
+gradients reach exactly the parameters that should train; LoRA touches only encoder block projections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ser_lightning.features.encoder import load_encoder
+from ser_lightning.features.frontend import LengthPolicy, LogMelFrontend
+from ser_lightning.models.adapt import AdaptedTop, LoraSettings, adapted_blocks
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder("random:tiny", dtype="fp32", seed=3)  # 4 blocks, width 384
+
+
+def _inputs(encoder, policy: str, seconds=(0.7, 1.9, 1.2)):
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in seconds]
+    return LogMelFrontend(encoder.num_mel_bins)(waves, LengthPolicy.parse(policy))
+
+
+def _frozen(encoder, feats, layers):
+    """The frozen encoder's outputs of `layers` at every frame, and the key mask it used (its input frames)."""
+    x, frames, content = feats
+    out = encoder(x, frames, content, layers)
+    t = next(iter(out.layers.values())).shape[1]
+    key_valid = torch.arange(t)[None, :] < ((frames + 1) // 2)[:, None]
+    return out.layers, key_valid
+
+
+@pytest.mark.parametrize("policy", ["clip", "10", "30"])
+@pytest.mark.parametrize("mode", ["top", "lora"])
+def test_adapted_top_reproduces_the_frozen_layers(encoder, policy, mode):
+    read = [3, 4]
+    layers, key_valid = _frozen(encoder, _inputs(encoder, policy), [1, 2, 3, 4])
+    for k in (1, 2, 3):
+        blocks = adapted_blocks(read, k, encoder.num_layers)
+        first = blocks[0]
+        top = AdaptedTop(encoder, blocks, mode, LoraSettings(rank=4)).train()  # train mode: no dropout in Whisper blocks
+        got = top(layers[first - 1], key_valid, read)
+        assert sorted(got) == [r for r in read if r >= first]
+        for layer, value in got.items():
+            # every frame the encoder attended to, padding frames of the 10 s / 30 s policies included
+            torch.testing.assert_close(value[key_valid], layers[layer][key_valid], rtol=1e-5, atol=1e-5)
+
+
+def test_a_clip_alone_and_in_a_padded_batch_gives_the_same_adapted_output(encoder):
+    top = AdaptedTop(encoder, [3, 4], "lora", LoraSettings(rank=4)).eval()  # eval: LoRA dropout off
+    for p in top.parameters():  # adapters away from their initial values: the check is not trivially true
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    batch, key_valid = _frozen(encoder, _inputs(encoder, "clip"), [2])
+    alone, key_alone = _frozen(encoder, _inputs(encoder, "clip", seconds=(0.7,)), [2])
+    n = int(key_alone.sum())
+    torch.testing.assert_close(top(batch[2], key_valid, [4])[4][0, :n], top(alone[2], key_alone, [4])[4][0, :n],
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def _grads(top, encoder):
+    layers, key_valid = _frozen(encoder, _inputs(encoder, "clip"), [2])
+    out = top(layers[2], key_valid, [3, 4])
+    (out[3].square().mean() + out[4].square().mean()).backward()
+    return {n for n, p in top.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def test_lora_gradients_reach_exactly_the_adapters_of_the_target_projections(encoder):
+    frozen_before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
+    top = AdaptedTop(encoder, [3, 4], "lora", LoraSettings(rank=4))
+    lora_b = [p for n, p in top.named_parameters() if "lora_B" in n]
+    assert lora_b and all(float(p.abs().sum()) == 0 for p in lora_b)  # B = 0: the adapted path starts as the encoder
+    for p in top.parameters():
+        if p.requires_grad and p.abs().sum() == 0:
+            torch.nn.init.normal_(p, std=0.01)  # so that lora_A gets a gradient too
+    trainable = {n for n, p in top.named_parameters() if p.requires_grad}
+    assert trainable == {f"blocks.{b}.self_attn.{proj}.lora_{ab}.default.weight" for b in (0, 1)
+                         for proj in ("q_proj", "k_proj", "v_proj", "out_proj") for ab in "AB"}  # fmt: skip
+    assert _grads(top, encoder) == trainable
+    assert not any(p.requires_grad for p in encoder.parameters())
+    for n, p in encoder.named_parameters():
+        assert torch.equal(p, frozen_before[n])
+    # fc1 / fc2 selectable; the module peft sees holds encoder blocks only (no decoder name can match)
+    with_ffn = AdaptedTop(encoder, [4], "lora", LoraSettings(rank=2, targets=["fc1", "fc2"]))
+    names = {n.rsplit(".lora_", 1)[0] for n, p in with_ffn.named_parameters() if p.requires_grad}
+    assert names == {"blocks.0.fc1", "blocks.0.fc2"}
+    assert with_ffn.trainable_parameters() == 2 * (2 * 384 + 2 * 1536)
+
+
+def test_top_gradients_reach_every_adapted_block_parameter_and_nothing_else(encoder):
+    top = AdaptedTop(encoder, [3, 4], "top")
+    assert {n for n, p in top.named_parameters() if p.requires_grad} == {f"blocks.{n}" for n, _ in top.blocks.named_parameters()}
+    got = _grads(top, encoder)
+    assert got == {f"blocks.{n}" for n, _ in top.blocks.named_parameters()}
+    assert not any(n.startswith("final_norm") for n in got)  # the final LayerNorm stays the encoder's
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(encoder):
+    plain = AdaptedTop(encoder, [3, 4], "top").train()
+    ckpt = AdaptedTop(encoder, [3, 4], "top", grad_checkpointing=True).train()
+    _grads(plain, encoder)
+    _grads(ckpt, encoder)
+    for (n, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_impossible_settings_say_what_is_allowed():
+    assert adapted_blocks([3, 5], 2, 6) == [4, 5]
+    with pytest.raises(ValueError, match=r"adapt_blocks=5: the deepest layer read is 5, so 1..4 blocks"):
+        adapted_blocks([5], 5, 6)
+    with pytest.raises(ValueError, match=r"adapt_blocks=0"):
+        adapted_blocks([5], 0, 6)
+    with pytest.raises(ValueError, match=r"lora.rank=0: the adapter rank must be >= 1"):
+        LoraSettings(rank=0).check()
+    with pytest.raises(ValueError, match=r"unknown \['q'\]; choose among q_proj, k_proj, v_proj, out_proj, fc1, fc2"):
+        LoraSettings(targets=["q"]).check()
