@@ -75,6 +75,14 @@ class CMAConfig:
 
 
 @dataclass
+class LoraConfig:
+    rank: int = _f(16, "LoRA rank (the design's recipe: 16; UA rose with rank up to 64 there).")
+    alpha: float = _f(32.0, "LoRA alpha (scale alpha / rank).")
+    dropout: float = _f(0.05, "Dropout on the LoRA input (off in eval).")
+    targets: List[str] = _f(None, "Modules of the adapted encoder blocks that get adapters: q_proj, k_proj, v_proj, out_proj (default: these four), fc1, fc2.", factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+
+
+@dataclass
 class ModelConfig:
     encoder: str = _f(MISSING, "Whisper encoder: hub id (openai/whisper-small), local folder, or random:<tiny|base|small|medium|large-v3|test>.")
     layer: int = _f(-1, "Encoder block whose output is used, 1..L (-1 = last, L). hidden_states[k] in transformers.")
@@ -99,6 +107,10 @@ class ModelConfig:
     feature_mask_width: int = _f(32, "Maximum width (channels) of each feature mask.")
     encoder_dtype: str = _f("auto", "Encoder compute dtype: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
     compile: bool = _f(False, "torch.compile the encoder (pays off on GPU for long runs).")
+    adapt: str = _f("frozen", "Adaptation depth: frozen (the encoder is never trained), top (the model.adapt_blocks encoder blocks ending at the deepest layer read are fine-tuned), lora (LoRA adapters on those blocks, model.lora). The blocks' input is read from the feature cache (input_seconds=clip) or computed live (cache.enabled=false).", later=True)
+    adapt_blocks: int = _f(2, "model.adapt=top|lora: how many encoder blocks, ending at the deepest layer the head reads (1..that layer - 1).", later=True)
+    lora: LoraConfig = _f(None, "model.adapt=lora: the adapters.", factory=LoraConfig, later=True)
+    grad_checkpointing: bool = _f(False, "model.adapt=top|lora: recompute each adapted block in the backward pass (activation memory of one block; slower).", later=True)
 
 
 @dataclass
@@ -108,6 +120,8 @@ class OptimConfig:
     warmup_ratio: float = _f(0.1, "Fraction of optimizer steps with linear warmup (stepped per optimizer step).")
     class_weighted: bool = _f(False, "Weight cross-entropy by inverse class frequency of the training split.")
     label_smoothing: float = _f(0.0, "Cross-entropy label smoothing.")
+    encoder_lr: float = _f(5e-5, "model.adapt=top|lora: peak learning rate of the adapted encoder parameters (their own AdamW group; same warmup / cosine shape).", later=True)
+    encoder_weight_decay: float = _f(0.01, "model.adapt=top|lora: weight decay of the adapted encoder parameters.", later=True)
 
 
 @dataclass
@@ -288,6 +302,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of: {', '.join(sorted(choices))}")
+    _validate_adaptation(cfg)
     try:
         LengthPolicy.parse(cfg.model.input_seconds)  # the parser the encoder uses: what it accepts is valid
     except ValueError as e:
@@ -304,6 +319,34 @@ def validate(cfg: DictConfig) -> None:
     for name in ("heads", "head_dim", "proj_dim", "context_layers", "cma.heads"):
         if OmegaConf.select(cfg.model, name) < 1:
             raise ConfigError(f"model.{name} must be >= 1")
+
+
+def _validate_adaptation(cfg: DictConfig) -> None:
+    """model.adapt and its options (the block count is checked against the encoder when it is loaded)."""
+    from ser_lightning.models.adapt import ADAPT_MODES, LoraSettings
+
+    m = cfg.model
+    if m.adapt not in ADAPT_MODES:
+        raise ConfigError(f"model.adapt={m.adapt!r} is not one of: {', '.join(ADAPT_MODES)}")
+    if m.adapt == "frozen":
+        return
+    if int(m.adapt_blocks) < 1:
+        raise ConfigError(f"model.adapt_blocks={m.adapt_blocks}: adapt at least 1 block (1..the deepest layer read - 1)")
+    if m.adapt == "lora":
+        try:
+            LoraSettings(**OmegaConf.to_container(m.lora)).check()  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if str(m.input_seconds) != "clip":
+        raise ConfigError(
+            f"model.adapt={m.adapt} with model.input_seconds={m.input_seconds}: the feature cache and the exported "
+            "model keep each clip's own frames, but under a fixed-length input Whisper's blocks also attend to the "
+            "padding frames, so the adapted blocks' input would not be what the encoder feeds them; use "
+            "model.input_seconds=clip (the adapted path then reproduces the encoder exactly)")  # fmt: skip
+    for key, value, allowed in (("model.fusion", m.fusion, ("weighted", "conv")), ("model.feature_norm", m.feature_norm,
+                                ("none", "standardize"))):  # fmt: skip
+        if value not in allowed:
+            raise ConfigError(f"model.adapt={m.adapt} works with {key}={' / '.join(allowed)}, not {value!r} (yet)")
 
 
 def require(cfg: DictConfig, *keys: str) -> None:

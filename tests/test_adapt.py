@@ -117,3 +117,104 @@ def test_impossible_settings_say_what_is_allowed():
         LoraSettings(rank=0).check()
     with pytest.raises(ValueError, match=r"unknown \['q'\]; choose among q_proj, k_proj, v_proj, out_proj, fc1, fc2"):
         LoraSettings(targets=["q"]).check()
+
+
+# ------------------------------------------------------------------------------------------ through ser train
+def _train_cfg(tmp_path, ravdess_root, *extra):
+    from ser_lightning.config import compose
+
+    return compose([
+        "data=ravdess", f"data.root={ravdess_root}", "data.fold=2", "data.limit_per_class=10", "model.encoder=random:test",
+        "model.layer=2", "model.pooling=mean", "model.proj_dim=32", "model.input_seconds=clip", "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false", "wandb.mode=disabled", "cache.dtype=fp32", f"cache.dir={tmp_path / 'cache'}",
+        f"data.table_cache_dir={tmp_path / 'tables'}", *extra,
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["lora", "top"])
+def test_adapted_training_from_the_cache_exports_and_predicts_the_same_scores(tmp_path, ravdess_root, mode):
+    """model.adapt: the cache holds layer 1 (block 2's input), block 2 is adapted, the head reads layer 2; the encoder
+    never changes; the export holds the adapted parameters and `ser predict` on raw audio (frozen bottom + adapted
+    top) gives the scores evaluation gave."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from ser_lightning.run.build import build_training
+    from ser_lightning.run.predict import predict_files
+    from ser_lightning.run.train import train
+
+    cfg = _train_cfg(tmp_path, ravdess_root, f"model.adapt={mode}", "model.adapt_blocks=1", "optim.encoder_lr=1e-3",
+                     f"output_dir={tmp_path / 'run'}")  # fmt: skip
+    encoder, dm, module = build_training(cfg)
+    assert dm.features.layers == [1] and module.read_layers == [2]  # fed layer 1 from the cache, head reads layer 2
+    before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
+    results = train(cfg, encoder=encoder)
+    assert results["adapt"] == {"mode": mode, "blocks": [2]}
+    assert results["trainable_parameters"]["encoder"] > 0
+    assert all(torch.equal(p, before[n]) for n, p in encoder.named_parameters())  # the frozen encoder is untouched
+    export = tmp_path / "run" / "export"
+    meta = json.loads((export / "head.json").read_text())
+    assert meta["adapt"]["blocks"] == [2] and meta["encoder"]["layers"] == [1]
+    state = load_file(str(export / "adapter.safetensors"))
+    assert sum(t.numel() for t in state.values()) == results["trainable_parameters"]["encoder"]
+    if mode == "lora":
+        assert all("lora_" in k for k in state) and any(t.abs().sum() > 0 for k, t in state.items() if "lora_B" in k)
+    stored = json.loads((tmp_path / "run" / "test_predictions.json").read_text())
+    records = predict_files(tmp_path / "run", stored["path"][:6])
+    for record, probs in zip(records, stored["probabilities"][:6]):
+        assert record["error"] is None
+        assert [record["probs"][c] for c in stored["class_names"]] == pytest.approx(probs, abs=1e-4)
+
+
+def test_adapted_training_live_equals_from_the_cache(tmp_path, ravdess_root):
+    """The cache serves exactly what the live encoder feeds the adapted block (fp32 cache): same metrics."""
+    from ser_lightning.run.train import train
+
+    common = ["model.adapt=lora", "model.adapt_blocks=1", "trainer.deterministic=true"]
+    cached = train(_train_cfg(tmp_path, ravdess_root, *common, f"output_dir={tmp_path / 'cached'}"))
+    live = train(_train_cfg(tmp_path, ravdess_root, *common, "cache.enabled=false", f"output_dir={tmp_path / 'live'}"))
+    assert live["test/ua"] == pytest.approx(cached["test/ua"], abs=1e-6)
+    assert live["confusion_matrix"] == cached["confusion_matrix"]
+
+
+def test_optimizer_has_a_group_per_part_with_its_own_learning_rate(tmp_path, ravdess_root):
+    from ser_lightning.run.build import build_training
+
+    cfg = _train_cfg(tmp_path, ravdess_root, "model.adapt=top", "model.adapt_blocks=1", "optim.lr=2e-3",
+                     "optim.encoder_lr=3e-5", "optim.encoder_weight_decay=0.0", f"output_dir={tmp_path / 'run'}")  # fmt: skip
+    _, _, module = build_training(cfg)
+
+    class _Trainer:
+        estimated_stepping_batches = 10
+
+    module.__dict__["_trainer"] = _Trainer()
+    opt = module.configure_optimizers()["optimizer"]
+    head, enc = opt.param_groups
+    # LambdaLR has applied the first warmup factor (1/warmup) to each group's own peak learning rate
+    assert (head["name"], enc["name"], enc["weight_decay"]) == ("head", "encoder", 0.0)
+    assert head["initial_lr"] == pytest.approx(2e-3) and enc["initial_lr"] == pytest.approx(3e-5)
+    assert enc["lr"] / enc["initial_lr"] == pytest.approx(head["lr"] / head["initial_lr"])
+    assert {id(p) for p in enc["params"]} == {id(p) for p in module.adapter.parameters() if p.requires_grad}
+    assert {id(p) for p in head["params"]} == {id(p) for p in module.head.parameters() if p.requires_grad}
+
+
+def test_adaptation_settings_are_validated(tmp_path):
+    from ser_lightning.config import ConfigError, compose
+
+    base = ["model.encoder=random:test", "model.input_seconds=clip"]
+    with pytest.raises(ConfigError, match="model.adapt='deep' is not one of: frozen, top, lora"):
+        compose(base + ["model.adapt=deep"])
+    with pytest.raises(ConfigError, match="model.input_seconds=10: .* use model.input_seconds=clip"):
+        compose(["model.encoder=random:test", "model.adapt=lora"])
+    with pytest.raises(ConfigError, match="lora.rank=0"):
+        compose(base + ["model.adapt=lora", "model.lora.rank=0"])
+    with pytest.raises(ConfigError, match="model.fusion=weighted / conv, not 'cma'"):
+        compose(base + ["model.adapt=top", "model.fusion=cma", "model.layers=[1,2]"])
+    from ser_lightning.features.encoder import load_encoder
+    from ser_lightning.features.pipeline import adaptation
+
+    enc = load_encoder("random:test")
+    cfg = compose(base + ["model.adapt=top", "model.adapt_blocks=2", "model.layer=2"])
+    with pytest.raises(ValueError, match=r"adapt_blocks=2: the deepest layer read is 2, so 1..1 blocks"):
+        adaptation(cfg.model, enc)

@@ -160,4 +160,8 @@ def test_run_identity_defaults_come_from_the_schema():
     assert identity_defaults() == {"ensemble": {"members": 1}, "data.subset_seed": None, "model.context": "none",
                                    "model.context_layers": 1, "data.speed_perturb": [], "model.cma": {"layers": None,
                                    "heads": 4, "query_fusion": "conv"}, "data.val_fraction": None,
-                                   "data.allow_incomplete_val": False}  # fmt: skip
+                                   "data.allow_incomplete_val": False, "model.adapt": "frozen", "model.adapt_blocks": 2,
+                                   "model.lora": {"rank": 16, "alpha": 32.0, "dropout": 0.05,
+                                                  "targets": ["q_proj", "k_proj", "v_proj", "out_proj"]},
+                                   "model.grad_checkpointing": False, "optim.encoder_lr": 5e-5,
+                                   "optim.encoder_weight_decay": 0.01}  # fmt: skip

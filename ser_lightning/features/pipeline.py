@@ -81,13 +81,29 @@ def head_layers(model: Any, encoder: FrozenWhisperEncoder) -> tuple:
     return query, kv
 
 
+def adaptation(model: Any, encoder: FrozenWhisperEncoder) -> Optional[tuple]:
+    """model.adapt=top|lora: (adapted blocks, fed layers): the k blocks ending at the deepest read layer, and the layers
+    the module is fed (from the cache or the live encoder): the read layers below the first adapted block, then that
+    block's input layer. None when the encoder is frozen."""
+    if model.get("adapt", "frozen") == "frozen":
+        return None
+    from ser_lightning.models.adapt import adapted_blocks
+
+    query, _ = head_layers(model, encoder)
+    blocks = adapted_blocks(query, int(model.adapt_blocks), encoder.num_layers)
+    fed = [k for k in query if k < blocks[0]]
+    return blocks, fed + ([blocks[0] - 1] if blocks[0] - 1 not in fed else [])
+
+
 def feature_spec(cfg: Any, encoder: FrozenWhisperEncoder, *, layers: Optional[Sequence[int]] = None,
                  policy: Optional[str] = None, cached: Optional[bool] = None) -> FeatureSpec:  # fmt: skip
     """The configuration's FeatureSpec (`layers` / `policy` / `cached` override model.layers / input_seconds /
     cache.enabled, e.g. for the probe's policy list or the cache command)."""
     m, c = cfg.model, cfg.cache
+    adapted = adaptation(m, encoder)
+    default_layers = adapted[1] if adapted else sum(head_layers(m, encoder), [])
     return FeatureSpec(
-        layers=encoder.resolve_layers(list(layers)) if layers is not None else sum(head_layers(m, encoder), []),
+        layers=encoder.resolve_layers(list(layers)) if layers is not None else default_layers,
         policy=LengthPolicy.parse(m.input_seconds if policy is None else policy),
         cached=bool(c.enabled) if cached is None else bool(cached),
         cache_dir=str(c.dir),

@@ -119,3 +119,15 @@ class AdaptedTop(nn.Module):
             if index in wanted:
                 out[index] = self.final_norm(h) if index == self.num_layers and self.final_norm is not None else h
         return out
+
+
+def adapt_features(adapter: AdaptedTop, x: torch.Tensor, mask: torch.Tensor, fed_layers: Sequence[int],
+                   read_layers: Sequence[int]) -> torch.Tensor:  # fmt: skip
+    """The head's input from the fed layers: x (B, T, D) or (B, L_fed, T, D) holds `fed_layers` (the read layers below
+    the first adapted block, then that block's input layer); returns the `read_layers`, those from the first adapted
+    block up computed by `adapter`: (B, T, D) for one layer, else (B, L_read, T, D). `mask` (B, T) is every clip's
+    input frames (input_seconds=clip: its own frames), the encoder's key mask."""
+    by_layer = {k: (x if x.dim() == 3 else x[:, i]) for i, k in enumerate(fed_layers)}
+    adapted = adapter(by_layer[adapter.first - 1].float(), mask, [k for k in read_layers if k >= adapter.first])
+    feats = [by_layer[k].float() if k < adapter.first else adapted[k] for k in read_layers]
+    return feats[0] if len(feats) == 1 else torch.stack(feats, dim=1)

@@ -44,10 +44,17 @@ class SERModule(L.LightningModule):
         encoder: Optional[FrozenWhisperEncoder] = None,
         layers: Sequence[int] = (),
         encoder_info: Optional[Dict[str, Any]] = None,
+        adapter: Optional[nn.Module] = None,
+        read_layers: Sequence[int] = (),
+        encoder_lr: float = 5e-5,
+        encoder_weight_decay: float = 0.01,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["head", "encoder", "class_weights"])
+        self.save_hyperparameters(ignore=["head", "encoder", "class_weights", "adapter"])
         self.head = head
+        # model.adapt=top|lora (models/adapt.py): the encoder's top blocks, fed `layers`, giving the head `read_layers`
+        self.adapter = adapter
+        self.read_layers = list(read_layers) or list(layers)
         self.class_names = list(class_names)
         self.__dict__["_encoder"] = encoder  # plain attribute: not a submodule, not in state_dict
         self.layers = list(layers)
@@ -120,6 +127,14 @@ class SERModule(L.LightningModule):
 
     # ------------------------------------------------------------------ the shared step
     def _features(self, batch: Dict[str, torch.Tensor]):
+        x, mask = self._fed_features(batch)
+        if self.adapter is None:
+            return x, mask
+        from ser_lightning.models.adapt import adapt_features
+
+        return adapt_features(self.adapter, x, mask, self.layers, self.read_layers), mask
+
+    def _fed_features(self, batch: Dict[str, torch.Tensor]):
         if "features" in batch:
             return batch["features"], batch["mask"]
         encoder = self.__dict__["_encoder"]
@@ -213,8 +228,12 @@ class SERModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        params = [p for p in self.head.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        groups = [{"params": [p for p in self.head.parameters() if p.requires_grad], "lr": self.hparams.lr,
+                   "weight_decay": self.hparams.weight_decay, "name": "head"}]  # fmt: skip
+        if self.adapter is not None:  # the adapted encoder parameters: their own learning rate and weight decay
+            groups.append({"params": [p for p in self.adapter.parameters() if p.requires_grad], "lr": self.hparams.encoder_lr,
+                           "weight_decay": self.hparams.encoder_weight_decay, "name": "encoder"})  # fmt: skip
+        optimizer = torch.optim.AdamW(groups)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(self.hparams.warmup_ratio * total))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
@@ -236,8 +255,21 @@ class SERModule(L.LightningModule):
     def head_state(self) -> Dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
 
+    def adapter_state(self) -> Dict[str, torch.Tensor]:
+        """The adapted encoder parameters only (LoRA adapters, or the top blocks' weights): what an export stores."""
+        if self.adapter is None:
+            return {}
+        return {n: p.detach().cpu().contiguous() for n, p in self.adapter.named_parameters() if p.requires_grad}
+
     def param_count(self) -> int:
         return sum(p.numel() for p in self.head.parameters())
+
+    def trainable_parameters(self) -> Dict[str, int]:
+        """Trainable parameters per optimizer group (head, encoder)."""
+        out = {"head": sum(p.numel() for p in self.head.parameters() if p.requires_grad)}
+        if self.adapter is not None:
+            out["encoder"] = sum(p.numel() for p in self.adapter.parameters() if p.requires_grad)
+        return out
 
 
 @torch.no_grad()

@@ -3,7 +3,9 @@ prediction and ensembles all read and write it through this module.
 
     <folder>/head.safetensors   the head's weights
     <folder>/head.json          format, class names, encoder identity (source, fingerprint, layers, policy),
-                                the head's HeadConfig, the model section, audio settings, seed, feature dtype
+                                the head's HeadConfig, the model section, audio settings, seed, feature dtype,
+                                and with model.adapt=top|lora its `adapt` section (mode, blocks, fed / read layers)
+    <folder>/adapter.safetensors   (model.adapt only) the adapted encoder parameters: LoRA adapters, or the blocks
 An ensemble's folder holds `ensemble.json` (its members' sub-folders) and one such head per member.
 
 Load it in Python (no training code, no pickle):
@@ -27,6 +29,7 @@ from ser_lightning.utils.io import atomic_write_bytes, atomic_write_json, read_j
 
 WEIGHTS = "head.safetensors"
 CONFIG = "head.json"
+ADAPTER = "adapter.safetensors"
 FORMAT = "ser_lightning.head/1"
 ENSEMBLE = "ensemble.json"
 ENSEMBLE_FORMAT = "ser_lightning.ensemble/1"
@@ -42,9 +45,17 @@ def export_head(module: Any, cfg: Any, folder: Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / WEIGHTS, save(module.head_state()))
+    adapt = None
+    if getattr(module, "adapter", None) is not None:  # model.adapt=top|lora: the adapted encoder parameters too
+        a = module.adapter
+        atomic_write_bytes(folder / ADAPTER, save(module.adapter_state()))
+        adapt = {"mode": a.mode, "blocks": list(range(a.first, a.last + 1)), "fed_layers": list(module.layers),
+                 "read_layers": list(module.read_layers), "lora": OmegaConf.to_container(cfg.model.lora) if a.mode == "lora" else None,
+                 "grad_checkpointing": False, "trainable_parameters": a.trainable_parameters()}  # fmt: skip
     atomic_write_json(
         folder / CONFIG,
         {
+            **({"adapt": adapt} if adapt else {}),
             "format": FORMAT,
             "class_names": module.class_names,
             "encoder": module.encoder_info,
@@ -60,6 +71,31 @@ def export_head(module: Any, cfg: Any, folder: Path) -> Path:
     return folder
 
 
+def load_adapter(folder: Path | str, meta: Dict[str, Any], encoder: Any):
+    """The AdaptedTop an export holds (head.json `adapt` + adapter.safetensors) over `encoder` (whose weights the
+    copied blocks start from: its fingerprint is checked by the caller), in eval mode; None when it has none."""
+    from safetensors.torch import load_file
+
+    from ser_lightning.models.adapt import AdaptedTop, LoraSettings
+
+    spec = meta.get("adapt")
+    if not spec:
+        return None
+    folder = Path(folder)
+    lora = LoraSettings(**spec["lora"]) if spec.get("lora") else None
+    adapter = AdaptedTop(encoder, spec["blocks"], spec["mode"], lora)
+    try:
+        state = load_file(str(folder / ADAPTER))
+    except Exception as e:  # safetensors' own error type names neither the file nor the cure
+        raise ValueError(f"{folder / ADAPTER}: unreadable adapted encoder weights ({e}); re-export the run") from None
+    expected = {n for n, p in adapter.named_parameters() if p.requires_grad}
+    if set(state) != expected:
+        raise ValueError(f"{folder / ADAPTER}: holds {len(state)} tensors, the adaptation in {folder / CONFIG} needs "
+                         f"{len(expected)} (missing {sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]})")  # fmt: skip
+    adapter.load_state_dict(state, strict=False)
+    return adapter.eval()
+
+
 def export_ensemble(out: Path, k: int) -> Path:
     """<out>/export: ensemble.json + member_m/{head.json, head.safetensors} copied from each member's export."""
     folder = out / EXPORT
@@ -68,8 +104,9 @@ def export_ensemble(out: Path, k: int) -> Path:
     for m in range(k):
         src, dst = out / f"member_{m}" / EXPORT, folder / f"member_{m}"
         dst.mkdir(exist_ok=True)
-        for name in (WEIGHTS, CONFIG):
-            atomic_write_bytes(dst / name, (src / name).read_bytes())
+        for name in (WEIGHTS, CONFIG, ADAPTER):
+            if name != ADAPTER or (src / name).is_file():
+                atomic_write_bytes(dst / name, (src / name).read_bytes())
         names.append(dst.name)
     atomic_write_json(folder / ENSEMBLE, {"format": ENSEMBLE_FORMAT, "members": names, "combine": COMBINE})
     load_heads(folder)  # the export must load (and its members agree)
@@ -211,9 +248,10 @@ def copy_export(run: Path | str, out: Path | str, force: bool = False) -> Path:
     if (src / ENSEMBLE).is_file():  # an ensemble: its members' heads, then ensemble.json
         load_heads(src)  # refuses members outside the folder before anything is copied
         members = read_json(src / ENSEMBLE)["members"]
-        files = [f"{m}/{name}" for m in members for name in (WEIGHTS, CONFIG)] + [ENSEMBLE]
+        files = [f"{m}/{name}" for m in members for name in (WEIGHTS, CONFIG, ADAPTER)] + [ENSEMBLE]
     else:
-        files = [WEIGHTS, CONFIG]
+        files = [WEIGHTS, CONFIG, ADAPTER]
+    files = [name for name in files if name.rsplit("/", 1)[-1] != ADAPTER or (src / name).is_file()]
     for name in files:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / name, (src / name).read_bytes())

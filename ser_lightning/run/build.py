@@ -41,10 +41,26 @@ def build_training(cfg: DictConfig, encoder: Optional[FrozenWhisperEncoder] = No
     head_config = HeadConfig.from_options(OmegaConf.to_container(cfg.model, resolve=True), input_dim=encoder.output_dim,  # type: ignore[arg-type]
                                           num_classes=dm.num_classes, num_layers=len(query), num_kv_layers=len(kv))  # fmt: skip
     o = cfg.optim
+    adapter = build_adapter(cfg.model, encoder)
     module = SERModule(
         SERHead(head_config), dm.class_names, lr=o.lr, weight_decay=o.weight_decay, warmup_ratio=o.warmup_ratio,
         label_smoothing=o.label_smoothing, class_weights=dm.class_weights if o.class_weighted else None,
         encoder=None if spec.cached else encoder, layers=spec.layers,
-        encoder_info=encoder_identity(encoder, spec.layers, spec.policy.name),
+        encoder_info=encoder_identity(encoder, spec.layers, spec.policy.name), adapter=adapter, read_layers=query,
+        encoder_lr=o.encoder_lr, encoder_weight_decay=o.encoder_weight_decay,
     )  # fmt: skip
     return encoder, dm, module
+
+
+def build_adapter(model: Any, encoder: FrozenWhisperEncoder):
+    """model.adapt=top|lora: the AdaptedTop over the blocks pipeline.adaptation chose; None when frozen."""
+    from omegaconf import OmegaConf
+
+    from ser_lightning.features.pipeline import adaptation
+    from ser_lightning.models.adapt import AdaptedTop, LoraSettings
+
+    plan = adaptation(model, encoder)
+    if plan is None:
+        return None
+    lora = LoraSettings(**OmegaConf.to_container(model.lora)) if model.adapt == "lora" else None  # type: ignore[arg-type]
+    return AdaptedTop(encoder, plan[0], model.adapt, lora, grad_checkpointing=bool(model.grad_checkpointing))

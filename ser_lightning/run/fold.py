@@ -66,6 +66,8 @@ def train_one(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
     encoder, dm, module = build_training(cfg, encoder)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     logger = make_logger(cfg, out, run_config)  # type: ignore[arg-type]
+    if trainer_logs_params(logger):
+        logger.log_hyperparams({f"params/{group}": n for group, n in module.trainable_parameters().items()})
     ckpt_dir = out / CHECKPOINTS
     checkpoint = RunCheckpoint(
         dirpath=str(ckpt_dir), filename="best", monitor=cfg.monitor, mode=cfg.monitor_mode, save_last=False,
@@ -115,6 +117,9 @@ def train_one(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
             "best_val": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
             "monitor": cfg.monitor,
             "head_parameters": module.param_count(),
+            "trainable_parameters": module.trainable_parameters(),  # per optimizer group: head, encoder (model.adapt)
+            "adapt": {"mode": cfg.model.adapt, "blocks": (list(range(module.adapter.first, module.adapter.last + 1))
+                                                          if module.adapter is not None else [])},  # fmt: skip
             "wall_time_s": round(time.time() - start, 2),
             "config_hash": config_hash(cfg),
             "provenance": provenance(cfg, dm),
@@ -191,3 +196,12 @@ def confusion_png(results: Dict[str, Any], out: Path) -> Optional[Path]:
         return None
     return confusion_png(results["confusion_matrix"], results["class_names"], out / "confusion_matrix.png",
                          title=f"fold {results['fold']} (row-normalised)")  # fmt: skip
+
+
+def trainer_logs_params(logger: Any) -> bool:
+    """W&B runs get the trainable parameter count of each optimizer group (params/head, params/encoder)."""
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(logger, WandbLogger) and int(os.environ.get("LOCAL_RANK", "0")) == 0

@@ -22,6 +22,8 @@ Parts (any subset, comma-separated; each row says what was measured and what was
 - context: forward and forward+backward latency and peak memory of each temporal context layer (softmax
   self-attention, retention, gla, linear, conv) at 4 s, 30 s, 2 min and 10 min of frames at head width, batch 1
   and 16, each in its own memory-limited process (run/bench/context.py); needs no encoder.
+- adapt: one training epoch of RAVDESS-sized data for frozen, top-1, top-2, LoRA top-2 / top-4, each from the
+  cache and from audio, as ratios to the frozen epoch and from-audio / from-cache (run/bench/adapt.py).
 - cache: bytes per clip and layer on disk: our FeatureCache shards (fp16, trimmed to each clip's frames)
   against one fp32 .npy file of 1500 x d per clip and layer (the paper); both written and measured.
 

@@ -34,12 +34,14 @@ def add_options(p: argparse.ArgumentParser, late: bool = False) -> None:
     p.add_argument("--context-batches", default=d("1,16"), help="context: batch sizes")
     p.add_argument("--context-kinds", default=d(",".join(CONTEXT_KINDS)), help="context: the contexts timed (transformer = softmax)")
     p.add_argument("--context-memory-gb", type=float, default=d(12.0), help="context: address-space limit per measurement (CPU); beyond it = OOM")
+    p.add_argument("--adapt-clips", type=int, default=d(1440), help="adapt: clips per epoch (RAVDESS: 1440)")
+    p.add_argument("--adapt-steps", type=int, default=d(4), help="adapt: training steps measured per variant and path")
     p.add_argument("--context-budget-s", type=float, default=d(60.0), help="context: longer inputs of a context are skipped once one run took longer")
 
 
 def add_subcommand(sub: argparse._SubParsersAction):
     p = sub.add_parser("bench", help="speed and size against the paper's recipe (encode, policies, cv, cache) and of "
-                                     "the temporal contexts over long inputs (context); "
+                                     "the temporal contexts over long inputs (context); adaptation depth from the cache vs from audio (adapt); "
                                      "prints a table and appends it to docs/benchmarks.md")  # fmt: skip
     add_options(p)
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="group selections and key=value overrides (options may follow them)")
@@ -61,6 +63,14 @@ def add_subcommand(sub: argparse._SubParsersAction):
         if "context" in parts:  # needs no encoder and no clips: the context layers alone, at the head's width
             context_report(cfg, args, command)
             parts = [x for x in parts if x != "context"]
+            if not parts:
+                return 0
+        if "adapt" in parts:  # adaptation depth: synthetic RAVDESS-length clips through the configured encoder
+            require(cfg, "model.encoder")
+            from ser_lightning.run.bench.adapt import adapt_report
+
+            adapt_report(cfg, args, command)
+            parts = [x for x in parts if x != "adapt"]
             if not parts:
                 return 0
         require(cfg, "model.encoder")

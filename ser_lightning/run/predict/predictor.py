@@ -70,6 +70,7 @@ class Predictor:
         # one head, or an ensemble's members (ensemble.json): their softmax probabilities are averaged
         loaded = load_heads(self.folder)
         self.heads = [head for head, _ in loaded]
+        self.metas = [meta for _, meta in loaded]
         self.head, self.meta = loaded[0]
         # every member shares encoder, data and feature dtype (load_heads checks): the first one's head.json speaks
         self.meta_path = export_members(self.folder)[0] / CONFIG
@@ -93,6 +94,13 @@ class Predictor:
             )
         self.encoder = encoder_module
         self.layers: List[int] = list(enc_info["layers"])
+        # model.adapt=top|lora: each head's adapted encoder blocks, run on the fed layers before it (None: frozen)
+        from ser_lightning.run.artifact import load_adapter
+
+        self.adapters = [load_adapter(member, meta, encoder_module) for member, (_, meta) in zip(export_members(self.folder), loaded)]
+        for adapter in self.adapters:
+            if adapter is not None:
+                adapter.to(self.device)
         try:
             self.policy = LengthPolicy.parse(self.meta["model"].get("input_seconds", "clip"))
         except ValueError as e:
@@ -149,7 +157,8 @@ class Predictor:
             norm = None if stats is None else tuple(t.expand(len(idx), *t.shape) for t in stats)  # (B, L, D) each
             features, mask = batch["features"].to(self.device), batch["mask"].to(self.device)
             with torch.no_grad():
-                p = torch.stack([torch.softmax(head(features, mask, norm).float(), dim=-1) for head in self.heads]).mean(0)
+                p = torch.stack([torch.softmax(head(self._head_input(adapter, meta, features, mask), mask, norm).float(), dim=-1)
+                                 for head, adapter, meta in zip(self.heads, self.adapters, self.metas)]).mean(0)  # fmt: skip
             probs[idx] = p.cpu().numpy()
         return probs
 
@@ -211,6 +220,16 @@ class Predictor:
                 flush()
         flush()
         return records
+
+    @staticmethod
+    def _head_input(adapter: Any, meta: Dict[str, Any], features: Any, mask: Any) -> Any:
+        """The head's layers: the fed features as they are, or through the adapted encoder blocks."""
+        if adapter is None:
+            return features
+        from ser_lightning.models.adapt import adapt_features
+
+        spec = meta["adapt"]
+        return adapt_features(adapter, features, mask, spec["fed_layers"], spec["read_layers"])
 
     def _label(self, p: np.ndarray) -> Dict[str, Any]:
         return {"label": self.class_names[int(np.argmax(p))], "probs": {c: float(v) for c, v in zip(self.class_names, p)}}
