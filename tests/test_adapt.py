@@ -150,7 +150,7 @@ def test_adapted_training_from_the_cache_exports_and_predicts_the_same_scores(tm
     assert dm.features.layers == [1] and module.read_layers == [2]  # fed layer 1 from the cache, head reads layer 2
     before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
     results = train(cfg, encoder=encoder)
-    assert results["adapt"] == {"mode": mode, "blocks": [2]}
+    assert results["adapt"] == {"mode": mode, "blocks": [2]} and results["layers"] == [2]  # what the head read
     assert results["trainable_parameters"]["encoder"] > 0
     assert all(torch.equal(p, before[n]) for n, p in encoder.named_parameters())  # the frozen encoder is untouched
     export = tmp_path / "run" / "export"
@@ -218,3 +218,22 @@ def test_adaptation_settings_are_validated(tmp_path):
     cfg = compose(base + ["model.adapt=top", "model.adapt_blocks=2", "model.layer=2"])
     with pytest.raises(ValueError, match=r"adapt_blocks=2: the deepest layer read is 2, so 1..1 blocks"):
         adaptation(cfg.model, enc)
+
+
+def test_bf16_autocast_and_checkpointing_train_the_adapted_blocks_on_the_cpu(tmp_path, ravdess_root):
+    """The GPU path as far as the CPU takes it: bf16-mixed autocast (fp32 master weights) with activation
+    checkpointing of the adapted blocks trains and moves the adapters; GPU speed and memory are unmeasured."""
+    from ser_lightning.run.build import build_training
+    from ser_lightning.run.fold import make_trainer
+
+    cfg = _train_cfg(tmp_path, ravdess_root, "model.adapt=lora", "model.adapt_blocks=1", "model.grad_checkpointing=true",
+                     "trainer.precision=bf16-mixed", "trainer.max_epochs=1", "optim.encoder_lr=1e-2",
+                     f"output_dir={tmp_path / 'run'}")  # fmt: skip
+    _, dm, module = build_training(cfg)
+    assert module.adapter.grad_checkpointing
+    before = {n: p.detach().clone() for n, p in module.adapter.named_parameters() if p.requires_grad}
+    trainer = make_trainer(cfg, tmp_path / "run", False, [])
+    trainer.fit(module, datamodule=dm)
+    after = dict(module.adapter.named_parameters())
+    assert all(after[n].dtype == torch.float32 for n in before)  # master weights stay fp32 under autocast
+    assert any(not torch.equal(after[n].detach(), before[n]) for n in before if "lora_B" in n)

@@ -23,9 +23,13 @@ def _shared(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "experiments-cache"
 
 
-@pytest.mark.parametrize("feature_norm", ["none", "speaker"])
+@pytest.mark.parametrize("feature_norm", ["none", "speaker", "lora"])
 def test_ddp_two_processes_count_every_clip_once(tmp_path, tmp_path_factory, ravdess_root, random_encoder, feature_norm):
-    """feature_norm=speaker: every rank computes all speakers' statistics itself (test-only runs included)."""
+    """feature_norm=speaker: every rank computes all speakers' statistics itself (test-only runs included).
+    "lora": model.adapt=lora on block 2 (its adapters are module parameters: DDP synchronises their gradients; the
+    checkpoint holds them, so the 2-process test-only evaluation must equal the single process's)."""
+    adapt = ["model.adapt=lora", "model.adapt_blocks=1"] if feature_norm == "lora" else []
+    feature_norm = "none" if feature_norm == "lora" else feature_norm
     from ser_lightning.run.build import build_training
     from ser_lightning.run.train import train
 
@@ -36,7 +40,7 @@ def test_ddp_two_processes_count_every_clip_once(tmp_path, tmp_path_factory, rav
         f"model.feature_norm={feature_norm}",
         "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
         "wandb.mode=disabled", f"cache.dir={shared / 'features'}", f"data.table_cache_dir={shared / 'tables'}",
-        f"output_dir={tmp_path / 'single'}",
+        f"output_dir={tmp_path / 'single'}", *adapt,
     ]  # fmt: skip
     cfg = compose(overrides)
     single = train(cfg, encoder=random_encoder)  # one process, in-process

@@ -109,8 +109,9 @@ def train_one(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
             "n_train": len(dm.splits["train"]),
             "n_val": len(dm.splits["val"]),
             "encoder": module.encoder_info,
-            "layer": module.encoder_info["layers"][0] if len(module.encoder_info["layers"]) == 1 else None,
-            "layers": module.encoder_info["layers"],
+            # the layers the head read (with model.adapt, encoder_info["layers"] are the layers fed from the cache)
+            "layer": module.read_layers[0] if len(module.read_layers) == 1 else None,
+            "layers": module.read_layers,
             "pooling": cfg.model.pooling,
             "feature_norm": cfg.model.feature_norm,
             "best_checkpoint": os.path.relpath(best, out) if best else None,
