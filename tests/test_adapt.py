@@ -237,3 +237,33 @@ def test_bf16_autocast_and_checkpointing_train_the_adapted_blocks_on_the_cpu(tmp
     after = dict(module.adapter.named_parameters())
     assert all(after[n].dtype == torch.float32 for n in before)  # master weights stay fp32 under autocast
     assert any(not torch.equal(after[n].detach(), before[n]) for n in before if "lora_B" in n)
+
+
+def test_an_adapted_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path, tmp_path_factory):
+    """SIGKILL in epoch 2, rerun: the checkpoint holds the adapters (module parameters), so the resumed run ends
+    with the uninterrupted run's metrics and adapter weights."""
+    import json
+    import signal
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    import fault_helpers as fh
+
+    from ser_lightning.config import compose
+    from ser_lightning.run.train import train
+
+    adapt = ["model.adapt=lora", "model.adapt_blocks=1", "model.layer=2", "optim.encoder_lr=1e-3"]
+    work = fh.shared_work(tmp_path_factory)
+    want = train(compose(fh.tiny_overrides(tmp_path / "whole", work, *adapt)))
+    out = tmp_path / "killed"
+    overrides = fh.tiny_overrides(out, work, *adapt)
+    batches = -(-want["n_train"] // fh.BATCH)
+    proc = fh.run_ser(["train", *overrides], fault=f"train_batch:{batches + 2}", action="kill")
+    assert proc.returncode == -signal.SIGKILL, fh.describe(proc)
+    got = train(compose(overrides))
+    assert fh.metrics(got) == fh.metrics(want)
+    a, b = fh.state_dict(out / "checkpoints" / "last.ckpt"), fh.state_dict(tmp_path / "whole" / "checkpoints" / "last.ckpt")
+    lora = [k for k in a if "lora_" in k]
+    assert lora and all(torch.equal(a[k], b[k]) for k in lora)
+    assert json.loads((out / "results.json").read_text())["adapt"]["blocks"] == [2]
