@@ -267,3 +267,13 @@ def test_an_adapted_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp
     lora = [k for k in a if "lora_" in k]
     assert lora and all(torch.equal(a[k], b[k]) for k in lora)
     assert json.loads((out / "results.json").read_text())["adapt"]["blocks"] == [2]
+
+
+def test_the_adapted_blocks_follow_train_and_eval_mode(encoder):
+    """Copied from an encoder held in eval mode, the blocks must still train in train mode (LoRA dropout on), and
+    Lightning keeps submodules' modes as it finds them."""
+    top = AdaptedTop(encoder, [3, 4], "lora", LoraSettings(rank=4))
+    assert all(m.training for m in top.modules())
+    top.eval()
+    assert not any(m.training for m in top.modules())
+    assert not any(m.training for m in encoder.modules())  # the frozen encoder itself never leaves eval

@@ -133,6 +133,7 @@ class FrozenWhisperEncoder(nn.Module):
         self.source = source
         self.fingerprint = fingerprint
         self.compiled = False
+        self.train(False)
 
     # sizes flow from here to the head
     @property

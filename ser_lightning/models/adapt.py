@@ -84,6 +84,7 @@ class AdaptedTop(nn.Module):
         self.grad_checkpointing = bool(grad_checkpointing)
         self.blocks = copy.deepcopy(whisper.layers[self.first - 1 : self.last]).float()
         self.final_norm = copy.deepcopy(whisper.layer_norm).float() if self.last == self.num_layers else None
+        self.train()  # the copies come from an encoder held in eval mode; Lightning keeps submodules' modes as found
         self.requires_grad_(False)
         if mode == "top":
             self.blocks.requires_grad_(True)
