@@ -187,6 +187,19 @@ def test_seed_head_presets_are_the_sweep_trials_they_report():
         assert sections(compose([f"experiment={preset}", "model.encoder=openai/whisper-base"])) == sections(trial), preset
 
 
+def test_the_adapted_preset_is_the_study_run_it_reports():
+    """configs/experiment/ravdess_adapted.yaml == the `ser cv` of docs/results/ravdess_adaptation.md's LoRA row."""
+    from omegaconf import OmegaConf
+
+    def sections(cfg):
+        return {k: OmegaConf.to_container(cfg[k]) for k in ("data", "model", "optim", "trainer", "ensemble")}
+
+    study = compose(["experiment=ravdess_best", "data.speed_perturb=[]", "ensemble.members=1", "model.input_seconds=clip",
+                     "model.adapt=lora", "model.adapt_blocks=2", "model.lora.rank=16", "optim.encoder_lr=5e-4",
+                     "trainer.max_epochs=6"])  # fmt: skip
+    assert sections(compose(["experiment=ravdess_adapted"])) == sections(study)
+
+
 def test_local_command_trial_names_and_refusals(tmp_path):
     config = S.load_sweep_config(ROOT / "sweeps" / "ravdess_pooling_layer.yaml")
     params = {"data": "ravdess", "model.encoder": "openai/whisper-base", "model.pooling": "qkv", "model.layer": 3,
