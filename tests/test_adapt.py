@@ -277,3 +277,29 @@ def test_the_adapted_blocks_follow_train_and_eval_mode(encoder):
     top.eval()
     assert not any(m.training for m in top.modules())
     assert not any(m.training for m in encoder.modules())  # the frozen encoder itself never leaves eval
+
+
+def test_adaptation_with_an_ensemble_and_speed_perturbation(tmp_path, ravdess_root):
+    """model.adapt with ensemble.members=2 (each member its own adapters, the ensemble's export holds both) and with
+    data.speed_perturb (the fed layer's speed caches serve the adapted blocks): both train, and `ser predict` on the
+    ensemble's export reproduces its evaluation scores."""
+    import json
+
+    from ser_lightning.run.predict import predict_files
+    from ser_lightning.run.train import train
+
+    cfg = _train_cfg(tmp_path, ravdess_root, "model.adapt=lora", "model.adapt_blocks=1", "ensemble.members=2",
+                     "data.speed_perturb=[0.9,1.1]", "trainer.max_epochs=1", f"output_dir={tmp_path / 'run'}")  # fmt: skip
+    results = train(cfg)
+    export = tmp_path / "run" / "export"
+    assert results["ensemble"]["members"] == 2
+    for m in (0, 1):
+        assert (export / f"member_{m}" / "adapter.safetensors").is_file()
+        member = json.loads((tmp_path / "run" / f"member_{m}" / "results.json").read_text())
+        assert member["adapt"] == {"mode": "lora", "blocks": [2]} and member["trainable_parameters"]["encoder"] > 0
+    caches = {p.name for p in (tmp_path / "cache").iterdir()}
+    assert len(caches) >= 3  # the clips' own features and one cache per speed factor
+    stored = json.loads((tmp_path / "run" / "test_predictions.json").read_text())
+    records = predict_files(tmp_path / "run", stored["path"][:4])
+    for record, probs in zip(records, stored["probabilities"][:4]):
+        assert [record["probs"][c] for c in stored["class_names"]] == pytest.approx(probs, abs=1e-4)
