@@ -56,6 +56,19 @@ def write_audio(path: Path, seconds: float = 0.3, sr: int = 16000, freq: float =
     return path
 
 
+def noise_clips(folder: Path, n: int = 6, step_s: float = 0.3) -> Tuple[Dict[str, str], Dict[str, float]]:
+    """n noise clips of 0.5, 0.5 + step_s, ... seconds as folder/clip<i>.wav: ({hash: path}, {hash: seconds}) with
+    made-up hashes h0..h{n-1}, what fill_cache takes."""
+    rng = np.random.default_rng(0)
+    paths, durations = {}, {}
+    for i in range(n):
+        seconds = 0.5 + step_s * i
+        p = Path(folder) / f"clip{i}.wav"
+        sf.write(p, (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32), 16000)
+        paths[f"h{i}"], durations[f"h{i}"] = str(p), seconds
+    return paths, durations
+
+
 def _freq(label: str) -> float:
     return 220.0 + 110.0 * (sum(map(ord, label)) % 11)
 

@@ -1,5 +1,6 @@
 """Feature cache: one pass stores every layer, reuse without re-encoding, keys, corruption, padding trimmed."""
 
+import fakes
 import numpy as np
 import pytest
 
@@ -9,16 +10,7 @@ from ser_lightning.features.frontend import LengthPolicy
 
 
 def _clips(tmp_path, n=6):
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
-    paths, durations = {}, {}
-    for i in range(n):
-        seconds = 0.5 + 0.3 * i
-        p = tmp_path / f"clip{i}.wav"
-        sf.write(p, (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32), 16000)
-        paths[f"h{i}"], durations[f"h{i}"] = str(p), seconds
-    return paths, durations
+    return fakes.noise_clips(tmp_path, n, step_s=0.3)
 
 
 def _cache(tmp_path, encoder, policy="clip", dtype="fp16"):

@@ -4,27 +4,20 @@ the original."""
 
 import json
 
+import fakes
 import numpy as np
 import pytest
 
 from ser_lightning.features.cache import cache_for
 from ser_lightning.features.extract import fill_cache
 from ser_lightning.features.frontend import LengthPolicy
+from ser_lightning.utils.io import json_digest
 
 # ------------------------------------------------------------------------------------ feature-cache index
 
 
 def _clips(tmp_path, n=6):
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
-    paths, durations = {}, {}
-    for i in range(n):
-        seconds = 0.5 + 0.2 * i
-        p = tmp_path / f"clip{i}.wav"
-        sf.write(p, (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32), 16000)
-        paths[f"h{i}"], durations[f"h{i}"] = str(p), seconds
-    return paths, durations
+    return fakes.noise_clips(tmp_path, n, step_s=0.2)
 
 
 def _cache(tmp_path, encoder, verify=True):
@@ -188,7 +181,7 @@ def test_label_inconsistent_with_label_name_is_caught_even_with_matching_checksu
     (root / "arrow2").rename(root / "arrow")
     meta = json.loads((root / "COMPLETE.json").read_text())
     meta["files"] = tmod._file_sums(root / "arrow")
-    meta["sha256"] = tmod._meta_digest(meta)
+    meta["sha256"] = json_digest(meta, "sha256")
     (root / "COMPLETE.json").write_text(json.dumps(meta))
     capsys.readouterr()
     rebuilt = tmod.build_table(table_cfg)

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ser_lightning.audio import ZIP_SEPARATOR, BadAudioError, decode
 from ser_lightning.data.corpora.base import CorpusTable, Utterance, get_loader, select_classes
-from ser_lightning.utils.io import atomic_write_json
+from ser_lightning.utils.io import atomic_write_json, json_digest, sha256_file
 
 TABLE_VERSION = 1
 CACHE_FORMAT = 2  # COMPLETE.json: 1 (no checksums, older code) or 2 (file checksums + its own checksum)
@@ -169,7 +169,7 @@ def build_table(data_cfg: Dict[str, Any], report_dir: Optional[Path] = None) -> 
         table.dataset.save_to_disk(str(tmp / "arrow"))
         meta = {"format": CACHE_FORMAT, "bad_audio": table.bad_audio, "n": len(table.dataset),
                 "class_names": list(corpus.class_names), "files": _file_sums(tmp / "arrow")}  # fmt: skip
-        meta["sha256"] = _meta_digest(meta)
+        meta["sha256"] = json_digest(meta, "sha256")
         atomic_write_json(tmp / "COMPLETE.json", meta)
         try:
             os.replace(tmp, cache_root)  # atomic publish; a concurrent builder may have won the race
@@ -188,23 +188,10 @@ def build_table(data_cfg: Dict[str, Any], report_dir: Optional[Path] = None) -> 
     return table
 
 
-def _meta_digest(meta: Dict[str, Any]) -> str:
-    body = {k: v for k, v in meta.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _file_sums(folder: Path) -> Dict[str, List[Any]]:
     """{relative path: [size, sha256]} of every file under folder (the saved Arrow table and its metadata)."""
     return {
-        p.relative_to(folder).as_posix(): [p.stat().st_size, _sha256_file(p)]
+        p.relative_to(folder).as_posix(): [p.stat().st_size, sha256_file(p)]
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
@@ -224,7 +211,7 @@ def _verify_table(cache_root: Path, class_names: List[str]) -> Tuple[Any, Dict[s
         # re-verified: nothing could show that their columns (sha256, duration, ...) are still as written, and
         # a rebuild decodes each clip once (the feature cache is keyed by audio content, so it stays valid).
         raise TableCacheCorrupt(f"{done}: written without checksums by an older version", stale=True)
-    if meta.get("sha256") != _meta_digest(meta):
+    if meta.get("sha256") != json_digest(meta, "sha256"):
         raise TableCacheCorrupt(f"{done}: checksum mismatch")
     arrow = cache_root / "arrow"
     files = meta.get("files")
@@ -239,7 +226,7 @@ def _verify_table(cache_root: Path, class_names: List[str]) -> Tuple[Any, Dict[s
             raise TableCacheCorrupt(f"{f}: missing")
         if f.stat().st_size != size:
             raise TableCacheCorrupt(f"{f}: {f.stat().st_size} bytes, expected {size} (truncated or rewritten)")
-        if _sha256_file(f) != digest:
+        if sha256_file(f) != digest:
             raise TableCacheCorrupt(f"{f}: checksum mismatch (its bytes changed after it was written)")
     try:
         dataset = datasets.load_from_disk(str(arrow))

@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Mapping, Sequence
 
 import numpy as np
 
-from ser_lightning.utils.io import atomic_write_json, fault_point
+from ser_lightning.utils.io import atomic_write_json, fault_point, json_digest, sha256_file
 
 CACHE_VERSION = 1
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
@@ -38,20 +38,6 @@ _VERIFIED: set = set()  # (path, size, mtime_ns) of layer files whose checksum t
 
 class CacheCorruptError(RuntimeError):
     pass
-
-
-def _index_digest(index: Mapping[str, object]) -> str:
-    """sha256 of an index's content (every field but `index_sha256` itself), in a canonical JSON form."""
-    body = {k: v for k, v in index.items() if k != "index_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -113,7 +99,7 @@ class FeatureCache:
         if not isinstance(index, dict):
             raise CacheCorruptError(f"{index_file}: not an index (a JSON {type(index).__name__})")
         stored = index.get("index_sha256")
-        if stored is not None and stored != _index_digest(index):
+        if stored is not None and stored != json_digest(index, "index_sha256"):
             raise CacheCorruptError(f"{index_file}: index checksum mismatch (the offsets, lengths, clip hashes or "
                                     "file checksums it lists were changed after it was written)")  # fmt: skip
         # An index written before `index_sha256` existed (cache version 1, same cache key) is re-verified rather
@@ -141,7 +127,7 @@ class FeatureCache:
             if self.verify and (self.verify_layers is None or layer in self.verify_layers):
                 stamp = (str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
                 if stamp not in _VERIFIED:  # hash each file once per process (a CV opens the cache per fold)
-                    if not isinstance(sums, dict) or _sha256_file(f) != sums.get(str(layer)):
+                    if not isinstance(sums, dict) or sha256_file(f) != sums.get(str(layer)):
                         raise CacheCorruptError(f"{f}: checksum mismatch")
                     _VERIFIED.add(stamp)
         return index
@@ -209,13 +195,13 @@ class FeatureCache:
                     np.save(fh, np.concatenate(arrays).astype(np_dtype, copy=False))
                     fh.flush()
                     os.fsync(fh.fileno())
-                sums[str(layer)] = _sha256_file(f)
+                sums[str(layer)] = sha256_file(f)
             fault_point("shard")  # arrays on disk, index not yet written, shard not yet published
             index = {
                 "hashes": list(hashes), "offsets": offsets, "lengths": lengths, "dim": dim,
                 "layers": sorted(int(k) for k in features), "sha256": sums,
             }  # fmt: skip
-            index["index_sha256"] = _index_digest(index)  # the index is verified like the arrays it describes
+            index["index_sha256"] = json_digest(index, "index_sha256")  # the index is verified like the arrays it describes
             atomic_write_json(tmp / "index.json", index)
             os.rename(tmp, self.dir / name)
         except BaseException as e:

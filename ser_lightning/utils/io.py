@@ -15,12 +15,13 @@ Unset (the normal case) a point costs one environment lookup.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import signal
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 _FAULT_HITS: Dict[str, int] = {}
 _UMASK = os.umask(0)
@@ -151,3 +152,19 @@ def append_markdown(path: Path | str, text: str) -> None:
     if "<!-- ser bench results -->" not in head:
         head = head.rstrip("\n") + "\n\n## Results appended by `ser bench`\n\n<!-- ser bench results -->\n"
     atomic_write_text(path, head.rstrip("\n") + "\n\n" + text)
+
+
+def sha256_file(path: Path | str) -> str:
+    """sha256 of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def json_digest(obj: Mapping[str, Any], without: str) -> str:
+    """sha256 of a JSON object's canonical form (sorted keys, no spaces), leaving out the key `without` (where the
+    digest itself is stored)."""
+    body = {k: v for k, v in obj.items() if k != without}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

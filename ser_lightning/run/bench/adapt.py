@@ -122,10 +122,8 @@ def adapt_markdown(rows: List[Dict[str, Any]], source: str, read_layer: int, cli
 
 def adapt_report(cfg: Any, args: Any, command: str) -> Optional[str]:
     """`ser bench --parts adapt`: measure, print, append to the benchmarks file."""
-    from pathlib import Path
-
     from ser_lightning.features.pipeline import head_layers, load_config_encoder
-    from ser_lightning.utils.io import append_markdown, atomic_write_json
+    from ser_lightning.run.bench.report import emit_report
     from ser_lightning.utils.machine import machine_info, machine_line
 
     encoder = load_config_encoder(cfg)
@@ -136,10 +134,5 @@ def adapt_report(cfg: Any, args: Any, command: str) -> Optional[str]:
     machine = machine_info()
     text = (f"### `{command}`: adaptation depth, from the cache vs from audio ({device})\n\nMachine: {machine_line(machine)}.\n\n"
             + adapt_markdown(rows, encoder.source, read_layer, args.adapt_clips, int(cfg.data.batch_size), args.adapt_steps, device))  # fmt: skip
-    print(text)
-    if not args.no_write:
-        append_markdown(Path(args.write), text)
-        print(f"[ser bench] appended to {args.write}")
-    if args.json:
-        atomic_write_json(args.json, {"machine": machine, "device": device, "adapt": rows})
+    emit_report(args, text, {"machine": machine, "device": device, "adapt": rows})
     return text

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ser_lightning.run.bench.context import CONTEXT_KINDS, bench_contexts, context_markdown
 from ser_lightning.run.bench.driver import DEFAULT_WRITE, PARTS, run_bench
 from ser_lightning.run.options import default, merge_late_options
-from ser_lightning.utils.io import append_markdown
+from ser_lightning.run.bench.report import emit_report
 
 
 def add_options(p: argparse.ArgumentParser, late: bool = False) -> None:
@@ -49,7 +48,6 @@ def add_subcommand(sub: argparse._SubParsersAction):
     def run(args: argparse.Namespace) -> int:
         args = merge_late_options(args, add_options)
         from ser_lightning.config import compose, require
-        from ser_lightning.utils.io import atomic_write_json
 
         overrides = list(args.overrides)
         if not any(o.lstrip("-").startswith("model.input_seconds=") for o in overrides):
@@ -78,12 +76,7 @@ def add_subcommand(sub: argparse._SubParsersAction):
                            policies=[x.strip() for x in args.policies.split(",") if x.strip()], cv_folds=args.cv_folds,
                            cv_epochs=args.cv_epochs, cold=not args.warm, command=command, speakers=args.speakers,
                            num_folds=args.folds, corpus_dir=args.corpus_dir)  # fmt: skip
-        print(report["markdown"])
-        if not args.no_write:
-            append_markdown(Path(args.write), report["markdown"])
-            print(f"[ser bench] appended to {args.write}")
-        if args.json:
-            atomic_write_json(args.json, {k: v for k, v in report.items() if k != "markdown"})
+        emit_report(args, report["markdown"], {k: v for k, v in report.items() if k != "markdown"})
         return 0
 
     return run
@@ -91,7 +84,6 @@ def add_subcommand(sub: argparse._SubParsersAction):
 
 def context_report(cfg, args: argparse.Namespace, command: str) -> None:
     from ser_lightning.features.pipeline import encoder_device
-    from ser_lightning.utils.io import atomic_write_json
     from ser_lightning.utils.machine import machine_info, machine_line
 
     device = encoder_device(cfg.trainer.accelerator)
@@ -103,9 +95,5 @@ def context_report(cfg, args: argparse.Namespace, command: str) -> None:
     machine = machine_info()
     text = (f"### `{command}`: temporal contexts over long inputs ({device})\n\nMachine: {machine_line(machine)}.\n\n"
             + context_markdown(rows, int(cfg.model.proj_dim), args.context_memory_gb, args.context_budget_s))  # fmt: skip
-    print(text)
-    if not args.no_write:
-        append_markdown(Path(args.write), text)
-        print(f"[ser bench] appended to {args.write}")
-    if args.json:
-        atomic_write_json(args.json, {"machine": machine, "device": device, "context": rows})
+    emit_report(args, text, {"machine": machine, "device": device, "context": rows})
+

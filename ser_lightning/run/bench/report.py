@@ -112,3 +112,17 @@ def format_report(report: Dict[str, Any]) -> str:
             f"{report['cv']['pieces']['read_file_s'] * 1000:.2f} ms/file read.",
         ]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def emit_report(args: Any, text: str, payload: dict) -> None:
+    """Print a part's report, append it to --write (unless --no-write) and store `payload` in --json."""
+    from pathlib import Path
+
+    from ser_lightning.utils.io import append_markdown, atomic_write_json
+
+    print(text)
+    if not args.no_write:
+        append_markdown(Path(args.write), text)
+        print(f"[ser bench] appended to {args.write}")
+    if args.json:
+        atomic_write_json(args.json, payload)
