@@ -297,6 +297,7 @@ def test_wandb_summary_shows_the_selected_checkpoint_and_agrees_with_the_leaderb
     for run in _runs_by_job(tmp)["fold"]:
         results = json.loads((out / f"fold_{run['config']['data']['fold']}" / "results.json").read_text())
         assert run["summary"]["val/ua"] == {"max": pytest.approx(results["best_val"])}
+        assert run["config"]["params/head"] == results["trainable_parameters"]["head"] > 0  # per optimizer group
         assert run["summary"]["test/ua"] == pytest.approx(results["test/ua"])
     from ser_lightning.run.report.runs import load_run
 

@@ -23,9 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ser_lightning.config import DataConfig
-from ser_lightning.data.corpora.base import Utterance
 from ser_lightning.data.folds import FoldError, FoldSplit, check_independence, make_split, missing_classes_message
-from ser_lightning.data.table import UtteranceTable, build_table
+from ser_lightning.data.table import UtteranceTable, build_table, dataset_rows
 from ser_lightning.features.cache import FeatureCache
 from ser_lightning.features.encoder import FrozenWhisperEncoder
 from ser_lightning.features.extract import fill_cache, load_clip
@@ -200,11 +199,6 @@ class SpeedPerturbBatchSampler(Sampler[List[Tuple[int, int]]]):
 
     def __len__(self) -> int:
         return len(self.batches)
-
-
-def dataset_rows(ds: Any) -> List[Utterance]:
-    """The clips a run uses (after skipped bad audio and debug subsets) as utterances, for folds.make_split."""
-    return [Utterance(p, label, s) for p, label, s in zip(ds["path"], ds["label_name"], ds["speaker"])]
 
 
 def as_data_config(data: DataConfig | Mapping[str, Any]) -> DataConfig:

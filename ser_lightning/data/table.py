@@ -275,6 +275,11 @@ def _load_verified(cache_root: Path, class_names: List[str]) -> Optional[Tuple[A
     return None
 
 
+def dataset_rows(ds: Any) -> List[Utterance]:
+    """The clips a run uses (after skipped bad audio and debug subsets) as utterances, for folds.make_split."""
+    return [Utterance(p, label, s) for p, label, s in zip(ds["path"], ds["label_name"], ds["speaker"])]
+
+
 def write_reports(table: UtteranceTable, data_cfg: Dict[str, Any], report_dir: Path) -> None:
     """`table_report.json` (kept / skipped / cropped counts) and `bad_audio.json` (every skipped file and why).
 

@@ -48,7 +48,8 @@ def train_one(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
     from ser_lightning.run.callbacks import HISTORY, EpochHistory, RunCheckpoint, choose_resume, replay_history
     from ser_lightning.run.provenance import provenance, write_provenance
     from ser_lightning.review import dataset_manifest
-    from ser_lightning.tracking import finish_logger, log_fold_review, log_test_results, make_logger, offline_wandb
+    from ser_lightning.tracking import (finish_logger, log_fold_review, log_test_results, log_trainable_parameters,
+                                        make_logger, offline_wandb)
 
     require(cfg, "data.root", "model.encoder")
     out = Path(cfg.output_dir)
@@ -66,8 +67,7 @@ def train_one(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
     encoder, dm, module = build_training(cfg, encoder)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     logger = make_logger(cfg, out, run_config)  # type: ignore[arg-type]
-    if trainer_logs_params(logger):
-        logger.log_hyperparams({f"params/{group}": n for group, n in module.trainable_parameters().items()})
+    log_trainable_parameters(logger, module.trainable_parameters())
     ckpt_dir = out / CHECKPOINTS
     checkpoint = RunCheckpoint(
         dirpath=str(ckpt_dir), filename="best", monitor=cfg.monitor, mode=cfg.monitor_mode, save_last=False,
@@ -197,12 +197,3 @@ def confusion_png(results: Dict[str, Any], out: Path) -> Optional[Path]:
         return None
     return confusion_png(results["confusion_matrix"], results["class_names"], out / "confusion_matrix.png",
                          title=f"fold {results['fold']} (row-normalised)")  # fmt: skip
-
-
-def trainer_logs_params(logger: Any) -> bool:
-    """W&B runs get the trainable parameter count of each optimizer group (params/head, params/encoder)."""
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(logger, WandbLogger) and int(os.environ.get("LOCAL_RANK", "0")) == 0

@@ -107,7 +107,7 @@ def run_probe(cfg: Any, policies: Sequence[str], c_grid: Sequence[float] = DEFAU
         raise ValueError(f"probe stats={stats!r}: use mean or meanstd")
     from threadpoolctl import threadpool_limits
 
-    from ser_lightning.data.datamodule import dataset_rows
+    from ser_lightning.data.table import dataset_rows
     from ser_lightning.data.folds import fold_speakers, make_split
     from ser_lightning.features.frontend import LengthPolicy
     from ser_lightning.features.pipeline import feature_spec, load_config_encoder

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ser_lightning.data.datamodule import dataset_rows
+from ser_lightning.data.table import dataset_rows
 from ser_lightning.data.folds import check_classes, coverage_problem, fold_speakers, make_split
 from ser_lightning.data.table import build_table
 

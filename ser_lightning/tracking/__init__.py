@@ -24,8 +24,8 @@ agent variables) lives in mode.py and agent.py only.
 from ser_lightning.tracking.agent import AGENT_ENV, detach_from_agent, in_agent, restore_agent
 from ser_lightning.tracking.cv import cv_metrics, log_cv_predictions, log_cv_summary_run
 from ser_lightning.tracking.fold import (
-    SCALAR_TEST_KEYS, define_summaries, finish_logger, log_fold_review, log_test_results, make_logger, offline_wandb,
-    trial_metrics,
+    SCALAR_TEST_KEYS, define_summaries, finish_logger, log_fold_review, log_test_results, log_trainable_parameters,
+    make_logger, offline_wandb, trial_metrics,
 )  # fmt: skip
 from ser_lightning.tracking.mode import _stable_run_id, is_global_zero, wandb_dir, wandb_mode
 from ser_lightning.tracking.report import log_report_run
@@ -33,6 +33,6 @@ from ser_lightning.tracking.report import log_report_run
 __all__ = [
     "AGENT_ENV", "SCALAR_TEST_KEYS", "_stable_run_id", "cv_metrics", "define_summaries", "detach_from_agent",
     "finish_logger", "in_agent", "is_global_zero", "log_cv_predictions", "log_cv_summary_run", "log_fold_review",
-    "log_report_run", "log_test_results", "make_logger", "offline_wandb", "restore_agent", "trial_metrics",
+    "log_report_run", "log_test_results", "log_trainable_parameters", "make_logger", "offline_wandb", "restore_agent", "trial_metrics",
     "wandb_dir", "wandb_mode",
 ]  # fmt: skip

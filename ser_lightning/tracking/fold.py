@@ -92,6 +92,16 @@ def trial_metrics(results: Mapping[str, Any]) -> Dict[str, float]:
     return out
 
 
+def log_trainable_parameters(logger: Any, counts: Dict[str, int]) -> None:
+    """The trainable parameter count of each optimizer group as run config (params/head, params/encoder); rank 0."""
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:  # pragma: no cover
+        return
+    if isinstance(logger, WandbLogger) and is_global_zero():
+        logger.log_hyperparams({f"params/{group}": n for group, n in counts.items()})
+
+
 def log_test_results(logger: Any, results: Dict[str, Any], class_names: Sequence[str], image: Optional[Path] = None) -> None:
     """Confusion matrix (W&B plot + image) and per-class recall table on the run (rank 0 only)."""
     try:
