@@ -111,6 +111,9 @@ class ModelConfig:
     adapt_blocks: int = _f(2, "model.adapt=top|lora: how many encoder blocks, ending at the deepest layer the head reads (1..that layer - 1).", later=True)
     lora: LoraConfig = _f(None, "model.adapt=lora: the adapters.", factory=LoraConfig, later=True)
     grad_checkpointing: bool = _f(False, "model.adapt=top|lora: recompute each adapted block in the backward pass (activation memory of one block; slower).", later=True)
+    token_stride: int = _f(1, "Token resolution: 1 (every encoder frame, 50 per second), 2 or 4 (one frame in 2 / 4: fewer frames for the projector, context and pooling). Applied at the head input (cached features reused unchanged), or inside the encoder after block model.encoder_stride_after. A clip's last partial group counts; padding-invariant.", later=True)
+    token_pool: str = _f("skip", "How model.token_stride shortens the sequence: skip (keep frames 0, s, 2s, ...) or mean (average each group of s consecutive frames, over the clip's own frames only).", later=True)
+    encoder_stride_after: Optional[int] = _f(None, "Apply model.token_stride inside the encoder after block j (1..L-1): blocks j+1.. run on T/s frames (cheaper encoding, other features: its own feature cache; every layer read, above or below j, has T/s frames). null = at the head input. With model.adapt=top|lora, j must be below the first adapted block.", later=True)
 
 
 @dataclass
@@ -215,6 +218,23 @@ def _load_group(group: str, name: str, root: Path) -> DictConfig:
     return OmegaConf.load(path)
 
 
+def _load_experiment(name: str, root: Path, seen: tuple = ()) -> DictConfig:
+    """An experiment preset; `defaults: {experiment: BASE}` makes it a delta over preset BASE (e.g. the points of a
+    star sweep around one base configuration): BASE's settings, then this preset's. Groups either picks are kept
+    (this preset's win)."""
+    if name in seen:
+        raise ConfigError(f"experiment presets extend each other in a circle: {' -> '.join(seen + (name,))}")
+    cfg = _load_group("experiment", name, root)
+    base_name = (cfg.get("defaults") or {}).get("experiment")
+    if base_name is None:
+        return cfg
+    base = _load_experiment(str(base_name), root, seen + (name,))
+    own_defaults = {k: v for k, v in dict(cfg.pop("defaults")).items() if k != "experiment"}
+    merged = OmegaConf.merge(base, cfg)
+    merged["defaults"] = {**dict(base.get("defaults") or {}), **own_defaults}
+    return merged
+
+
 def _valid_keys(schema: DictConfig, dotted: str) -> List[str]:
     node: Any = schema
     for part in dotted.split(".")[:-1]:
@@ -247,7 +267,7 @@ def compose(overrides: Optional[List[str]] = None, root: Optional[Path] = None) 
         layers.append(OmegaConf.load(base))
     experiment_cfg = None
     if "experiment" in groups:
-        experiment_cfg = _load_group("experiment", groups["experiment"], root)
+        experiment_cfg = _load_experiment(groups["experiment"], root)
         # an experiment may pick groups (`defaults: {data: shemo}`); explicit CLI groups still win
         exp_defaults = experiment_cfg.pop("defaults", None) or {}
         for g, v in dict(exp_defaults).items():
@@ -303,6 +323,7 @@ def validate(cfg: DictConfig) -> None:
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of: {', '.join(sorted(choices))}")
     _validate_adaptation(cfg)
+    _validate_token_resolution(cfg)
     try:
         LengthPolicy.parse(cfg.model.input_seconds)  # the parser the encoder uses: what it accepts is valid
     except ValueError as e:
@@ -337,16 +358,25 @@ def _validate_adaptation(cfg: DictConfig) -> None:
             LoraSettings(**OmegaConf.to_container(m.lora)).check()  # type: ignore[arg-type]
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if str(m.input_seconds) != "clip":
+    if m.feature_norm == "speaker":
         raise ConfigError(
-            f"model.adapt={m.adapt} with model.input_seconds={m.input_seconds}: the feature cache and the exported "
-            "model keep each clip's own frames, but under a fixed-length input Whisper's blocks also attend to the "
-            "padding frames, so the adapted blocks' input would not be what the encoder feeds them; use "
-            "model.input_seconds=clip (the adapted path then reproduces the encoder exactly)")  # fmt: skip
-    for key, value, allowed in (("model.fusion", m.fusion, ("weighted", "conv")), ("model.feature_norm", m.feature_norm,
-                                ("none", "standardize"))):  # fmt: skip
-        if value not in allowed:
-            raise ConfigError(f"model.adapt={m.adapt} works with {key}={' / '.join(allowed)}, not {value!r} (yet)")
+            f"model.adapt={m.adapt} works with model.feature_norm=none / standardize, not 'speaker': per-speaker statistics "
+            "are taken once from the features, which adapted blocks keep changing (use standardize)")  # fmt: skip
+
+
+def _validate_token_resolution(cfg: DictConfig) -> None:
+    """model.token_stride / token_pool / encoder_stride_after (j <= L-1 and j below the adapted blocks are checked
+    against the encoder when it is loaded: features/pipeline.configure_stride)."""
+    from ser_lightning.models.stride import TOKEN_POOLS, TOKEN_STRIDES
+
+    m = cfg.model
+    if m.token_stride not in TOKEN_STRIDES:
+        raise ConfigError(f"model.token_stride={m.token_stride!r} is not one of: {', '.join(map(str, TOKEN_STRIDES))}")
+    if m.token_pool not in TOKEN_POOLS:
+        raise ConfigError(f"model.token_pool={m.token_pool!r} is not one of: {', '.join(TOKEN_POOLS)}")
+    if m.encoder_stride_after is not None and int(m.encoder_stride_after) < 1:
+        raise ConfigError(f"model.encoder_stride_after={m.encoder_stride_after}: a block 1..L-1 of the encoder (the "
+                          "stride follows that block's output), or null for the stride at the head input")  # fmt: skip
 
 
 def require(cfg: DictConfig, *keys: str) -> None:

@@ -131,11 +131,13 @@ def _train_cfg(tmp_path, ravdess_root, *extra):
     ])  # fmt: skip
 
 
-@pytest.mark.parametrize("mode", ["lora", "top"])
-def test_adapted_training_from_the_cache_exports_and_predicts_the_same_scores(tmp_path, ravdess_root, mode):
+@pytest.mark.parametrize("mode,policy,cma", [("lora", "clip", False), ("top", "clip", False), ("lora", "10", False),
+                                              ("top", "clip+1", False), ("lora", "10", True)])  # fmt: skip
+def test_adapted_training_from_the_cache_exports_and_predicts_the_same_scores(tmp_path, ravdess_root, mode, policy, cma):
     """model.adapt: the cache holds layer 1 (block 2's input), block 2 is adapted, the head reads layer 2; the encoder
     never changes; the export holds the adapted parameters and `ser predict` on raw audio (frozen bottom + adapted
-    top) gives the scores evaluation gave."""
+    top) gives the scores evaluation gave. Under 10 s / clip+T inputs the cache keeps the padding frames (its own key)
+    and predict keeps them too."""
     import json
 
     from safetensors.torch import load_file
@@ -144,13 +146,17 @@ def test_adapted_training_from_the_cache_exports_and_predicts_the_same_scores(tm
     from ser_lightning.run.predict import predict_files
     from ser_lightning.run.train import train
 
+    # cma: the query reads layer 2 (adapted), the key/value stream layer 1 (fed from the cache as it is)
+    extra = ["model.fusion=cma", "model.cma.layers=[1]", "model.cma.heads=2"] if cma else []
     cfg = _train_cfg(tmp_path, ravdess_root, f"model.adapt={mode}", "model.adapt_blocks=1", "optim.encoder_lr=1e-3",
-                     f"output_dir={tmp_path / 'run'}")  # fmt: skip
+                     f"model.input_seconds={policy}", f"output_dir={tmp_path / 'run'}", *extra)  # fmt: skip
     encoder, dm, module = build_training(cfg)
-    assert dm.features.layers == [1] and module.read_layers == [2]  # fed layer 1 from the cache, head reads layer 2
+    # fed layer 1 from the cache, the head reads layer 2 (and with cma layer 1 as its key/value stream)
+    assert dm.features.layers == [1] and module.read_layers == ([2, 1] if cma else [2])
+    assert dm.features.input_frames == (policy != "clip") == dm.open_cache().keeps_input_frames
     before = {n: p.detach().clone() for n, p in encoder.named_parameters()}
     results = train(cfg, encoder=encoder)
-    assert results["adapt"] == {"mode": mode, "blocks": [2]} and results["layers"] == [2]  # what the head read
+    assert results["adapt"] == {"mode": mode, "blocks": [2]} and results["layers"] == module.read_layers  # what the head read
     assert results["trainable_parameters"]["encoder"] > 0
     assert all(torch.equal(p, before[n]) for n, p in encoder.named_parameters())  # the frozen encoder is untouched
     export = tmp_path / "run" / "export"
@@ -167,11 +173,13 @@ def test_adapted_training_from_the_cache_exports_and_predicts_the_same_scores(tm
         assert [record["probs"][c] for c in stored["class_names"]] == pytest.approx(probs, abs=1e-4)
 
 
-def test_adapted_training_live_equals_from_the_cache(tmp_path, ravdess_root):
-    """The cache serves exactly what the live encoder feeds the adapted block (fp32 cache): same metrics."""
+@pytest.mark.parametrize("policy", ["clip", "10"])
+def test_adapted_training_live_equals_from_the_cache(tmp_path, ravdess_root, policy):
+    """The cache serves exactly what the live encoder feeds the adapted block (fp32 cache; under 10 s inputs the
+    padding frames too): same metrics."""
     from ser_lightning.run.train import train
 
-    common = ["model.adapt=lora", "model.adapt_blocks=1", "trainer.deterministic=true"]
+    common = ["model.adapt=lora", "model.adapt_blocks=1", "trainer.deterministic=true", f"model.input_seconds={policy}"]
     cached = train(_train_cfg(tmp_path, ravdess_root, *common, f"output_dir={tmp_path / 'cached'}"))
     live = train(_train_cfg(tmp_path, ravdess_root, *common, "cache.enabled=false", f"output_dir={tmp_path / 'live'}"))
     assert live["test/ua"] == pytest.approx(cached["test/ua"], abs=1e-6)
@@ -205,12 +213,11 @@ def test_adaptation_settings_are_validated(tmp_path):
     base = ["model.encoder=random:test", "model.input_seconds=clip"]
     with pytest.raises(ConfigError, match="model.adapt='deep' is not one of: frozen, top, lora"):
         compose(base + ["model.adapt=deep"])
-    with pytest.raises(ConfigError, match="model.input_seconds=10: .* use model.input_seconds=clip"):
-        compose(["model.encoder=random:test", "model.adapt=lora"])
     with pytest.raises(ConfigError, match="lora.rank=0"):
         compose(base + ["model.adapt=lora", "model.lora.rank=0"])
-    with pytest.raises(ConfigError, match="model.fusion=weighted / conv, not 'cma'"):
-        compose(base + ["model.adapt=top", "model.fusion=cma", "model.layers=[1,2]"])
+    with pytest.raises(ConfigError, match="model.feature_norm=none / standardize, not 'speaker'"):
+        compose(base + ["model.adapt=top", "model.feature_norm=speaker"])
+    compose(["model.encoder=random:test", "model.adapt=lora", "model.input_seconds=30"])  # every input policy works
     from ser_lightning.features.encoder import load_encoder
     from ser_lightning.features.pipeline import adaptation
 
@@ -303,3 +310,32 @@ def test_adaptation_with_an_ensemble_and_speed_perturbation(tmp_path, ravdess_ro
     records = predict_files(tmp_path / "run", stored["path"][:4])
     for record, probs in zip(records, stored["probabilities"][:4]):
         assert [record["probs"][c] for c in stored["class_names"]] == pytest.approx(probs, abs=1e-4)
+
+
+@pytest.mark.parametrize("policy", ["10", "clip+1"])
+def test_under_padding_inputs_the_cached_adapted_path_gives_the_frozen_read_layer(tmp_path, ravdess_root, policy):
+    """Adapters at their initial values: the module's head input from the cache (layer 1 at every input frame,
+    block 2 adapted, attending to the padding frames like the encoder) equals the frozen encoder's layer 2 on the
+    clips' own frames; without the padding frames (a clip-length cache) it would not."""
+    from ser_lightning.run.build import build_training
+
+    cfg = _train_cfg(tmp_path, ravdess_root, "model.adapt=lora", "model.adapt_blocks=1", f"model.input_seconds={policy}",
+                     f"output_dir={tmp_path / 'run'}")  # fmt: skip
+    encoder, dm, module = build_training(cfg)
+    dm.prepare_data()
+    batch = next(iter(dm.val_dataloader()))
+    assert bool((batch["input_mask"].sum(1) > batch["mask"].sum(1)).all())  # padding frames were kept
+    module.eval()
+    with torch.no_grad():
+        got, mask = module._features(batch)
+    from ser_lightning.features.extract import encode_waves, load_clip
+
+    waves = [load_clip(dm.splits["val"][i]["path"], 16000, 30.0, "center") for i in batch["index"].tolist()]
+    frontend = LogMelFrontend(encoder.num_mel_bins)
+    frozen = encode_waves(encoder, frontend, waves, LengthPolicy.parse(policy), [2])[2]  # the clips' own frames
+    own_length = encode_waves(encoder, frontend, waves, LengthPolicy.parse("clip"), [2])[2]
+    for b, expected in enumerate(frozen):
+        n = expected.shape[0]
+        assert int(mask[b].sum()) == n
+        torch.testing.assert_close(got[b, :n], torch.from_numpy(expected), rtol=1e-4, atol=1e-4)
+        assert not np.allclose(expected, own_length[b], atol=1e-3)  # the padding frames change layer 2: not trivial

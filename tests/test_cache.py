@@ -63,3 +63,34 @@ def test_corrupt_shard_is_detected_and_rebuilt(tmp_path, random_encoder):
 def test_unknown_clip_is_a_clear_error(tmp_path, random_encoder):
     with pytest.raises(KeyError, match="not in the cache"):
         _cache(tmp_path, random_encoder).get("nope", 1)
+
+
+def test_an_input_frame_cache_keeps_the_padding_frames_and_each_clips_own_length(tmp_path, random_encoder):
+    """frames=input (adapted blocks under 10 s inputs): own key; every frame the encoder attended to is stored, the
+    index lists each clip's own frame count (what the head pools over); a shard without those counts is corrupt."""
+    import json
+
+    paths, durations = _clips(tmp_path)
+    common = (str(tmp_path / "c"), random_encoder.fingerprint, {"n_mels": 80}, "2s", 30.0, "center")
+    trimmed, full = cache_for(*common), cache_for(*common, input_frames=True)
+    assert trimmed.key != full.key and full.keeps_input_frames and not trimmed.keeps_input_frames
+    for cache in (trimmed, full):
+        fill_cache(cache, random_encoder, paths, durations, [1], LengthPolicy.parse("2"), progress=False)
+    for h, seconds in durations.items():
+        own = (int(seconds * 16000) // 160 + 1) // 2
+        stored = full.get(h, 1)
+        assert stored.shape[0] == max(own, 100) and full.content_length(h, 1) == own  # 2 s = 100 encoder frames
+        np.testing.assert_array_equal(stored[:own], trimmed.get(h, 1))  # the own frames are the trimmed cache's
+        assert trimmed.content_length(h, 1) == own
+    with pytest.raises(ValueError, match="content_lengths are required"):
+        full.write_shard(["x"], {1: [np.zeros((3, 64), np.float32)]})
+    with pytest.raises(ValueError, match="content_lengths are only kept"):
+        trimmed.write_shard(["x"], {1: [np.zeros((3, 64), np.float32)]}, [2])
+    index_file = next(full.dir.glob("shard-*")) / "index.json"
+    index = json.loads(index_file.read_text())
+    del index["content_lengths"]
+    from ser_lightning.utils.io import json_digest
+
+    index["index_sha256"] = json_digest(index, "index_sha256")  # a consistent index, but without the counts
+    index_file.write_text(json.dumps(index))
+    assert cache_for(*common, input_frames=True).missing(list(paths), [1]) == list(paths)  # moved aside, re-encoded

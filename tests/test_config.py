@@ -77,3 +77,24 @@ def test_config_fields_lists_every_field_with_help(capsys):
             check(section.default_factory, f"{section.name}.")
     assert "model.cma.heads = 4:" in out
     assert "ensemble.members = 1:" in out and "model.context = 'none':" in out
+
+
+def test_an_experiment_can_extend_another_one_as_a_one_knob_delta(tmp_path):
+    """`defaults: {experiment: BASE}`: BASE's settings, then the preset's; groups picked by either are kept; CLI
+    overrides still win; a circle of presets is an error naming it."""
+    import shutil
+
+    from ser_lightning.config import ConfigError, compose, config_dir
+
+    point = compose(["experiment=compute_tiny_en"])
+    base = compose(["experiment=compute_base", "model.encoder=openai/whisper-tiny.en", "model.layer=3"])
+    for section in ("data", "model", "optim", "trainer", "ensemble"):
+        assert point[section] == base[section], section
+    assert point.experiment == "compute_tiny_en" and point.data.name == "ravdess"
+    assert compose(["experiment=compute_tiny_en", "model.layer=2"]).model.layer == 2
+    root = tmp_path / "configs"
+    shutil.copytree(config_dir(), root)
+    (root / "experiment" / "a.yaml").write_text("defaults:\n  experiment: b\n")
+    (root / "experiment" / "b.yaml").write_text("defaults:\n  experiment: a\n")
+    with pytest.raises(ConfigError, match="in a circle: a -> b -> a"):
+        compose(["experiment=a"], root=root)

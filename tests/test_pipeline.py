@@ -164,4 +164,5 @@ def test_run_identity_defaults_come_from_the_schema():
                                    "model.lora": {"rank": 16, "alpha": 32.0, "dropout": 0.05,
                                                   "targets": ["q_proj", "k_proj", "v_proj", "out_proj"]},
                                    "model.grad_checkpointing": False, "optim.encoder_lr": 5e-5,
-                                   "optim.encoder_weight_decay": 0.01}  # fmt: skip
+                                   "optim.encoder_weight_decay": 0.01, "model.token_stride": 1,
+                                   "model.token_pool": "skip", "model.encoder_stride_after": None}  # fmt: skip

@@ -251,7 +251,8 @@ def _logged_table(run: Dict[str, Any], key: str) -> Dict[str, Any]:
     """A logged wandb.Table as W&B stores it with its media: the run_table artifact the run logs for it (the
     run-folder copy names media cells only by type until the run is synced). Adds `_files`: the artifact's files."""
     slug = key.replace("/", "")
-    (art,) = [a for a in _artifacts(run["dir"]) if a.type == "run_table" and a.name.rsplit("-", 1)[0].endswith(f"-{slug}")]
+    # named run-<run id>-<slug>-<random suffix>; the suffix may itself contain "-"
+    (art,) = [a for a in _artifacts(run["dir"]) if a.type == "run_table" and a.name.startswith(f"run-{run['id']}-{slug}-")]
     files = {c.path: c.local_path for c in art.manifest.contents}
     (table_json,) = [p for p in files if p.endswith(".table.json")]
     table = json.loads(Path(files[table_json]).read_text())

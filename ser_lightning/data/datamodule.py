@@ -46,8 +46,12 @@ class CachedFeatures(Dataset):
         caches = [caches] if isinstance(caches, FeatureCache) else list(caches)
         self.offsets: List[np.ndarray] = []
         self.stores: List[List[torch.Tensor]] = []  # [version][layer]: (sum_T, D)
+        # a cache that keeps input frames (adapted blocks under 10 s / 30 s inputs): each clip's own frames, per version
+        self.content: Optional[List[List[int]]] = [] if caches[0].keeps_input_frames else None
         for cache in caches:
             lengths = [int(cache.get(h, self.layers[0]).shape[0]) for h in hashes]
+            if self.content is not None:
+                self.content.append([cache.content_length(h, self.layers[0]) for h in hashes])
             self.offsets.append(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
             self.stores.append([
                 torch.from_numpy(np.concatenate([np.asarray(cache.get(h, k)) for h in hashes]) if hashes else np.zeros((0, 1), np.float16))
@@ -62,7 +66,10 @@ class CachedFeatures(Dataset):
         a, b = int(self.offsets[version][i]), int(self.offsets[version][i + 1])
         feats = [s[a:b].float() for s in self.stores[version]]
         x = feats[0] if len(feats) == 1 else torch.stack(feats)  # (T, D) or (L, T, D)
-        return {"features": x, "label": self.labels[i], "index": i, "speaker": self.speakers[i]}
+        item = {"features": x, "label": self.labels[i], "index": i, "speaker": self.speakers[i]}
+        if self.content is not None:
+            item["content"] = self.content[version][i]
+        return item
 
 
 class AudioClips(Dataset):
@@ -90,21 +97,29 @@ def _speakers(items: List[Dict[str, Any]]) -> torch.Tensor:
 
 
 def collate_features(items: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
-    """Pad along time; mask (B, T) is True on real frames; speaker: index into SERDataModule.speaker_ids."""
+    """Pad along time; mask (B, T) is True on real frames; speaker: index into SERDataModule.speaker_ids.
+
+    Items with `content` (features of every frame the encoder attended to, padding included: adapted blocks under
+    10 s / 30 s inputs) give `mask` = the first `content` frames (the clip's own audio, which the head pools over) and
+    `input_mask` = every stored frame (the key mask the adapted blocks attend with)."""
     lengths = [it["features"].shape[-2] for it in items]
     t_max = max(lengths)
     first = items[0]["features"]
     out = first.new_zeros((len(items),) + first.shape[:-2] + (t_max, first.shape[-1]))
     for i, it in enumerate(items):
         out[i, ..., : lengths[i], :] = it["features"]
-    mask = torch.arange(t_max)[None, :] < torch.tensor(lengths)[:, None]
-    return {
+    frames = torch.arange(t_max)[None, :]
+    mask = frames < torch.tensor(lengths)[:, None]
+    batch = {
         "features": out,
         "mask": mask,
         "label": torch.tensor([it["label"] for it in items]),
         "index": torch.tensor([it["index"] for it in items]),
         "speaker": _speakers(items),
     }
+    if "content" in items[0]:
+        batch["input_mask"], batch["mask"] = mask, frames < torch.tensor([it["content"] for it in items])[:, None]
+    return batch
 
 
 class CollateAudio:

@@ -4,6 +4,9 @@ Layout: `<cache.dir>/<key>/shard-<id>/` with one `layer_<k>.npy` per stored laye
 concatenated, (sum_T, D), fp16 by default, memory-mapped on read) and `index.json` (clip hashes, offsets,
 lengths, per-file sha256, and `index_sha256`: the sha256 of the rest of the index, so the index is verified
 too: a changed offset, length or clip hash makes a corrupt shard, like a flipped byte in the features).
+A cache whose settings hold `frames: input` (adapted blocks under 10 s / 30 s / clip+T inputs, see
+features/pipeline.feature_spec) keeps every frame the encoder's attention saw, padding included, and its index
+lists each clip's `content_lengths` (the frames of the clip's own audio, which the head pools over).
 `<key>` hashes everything that changes the features: encoder fingerprint, front-end settings, input-length
 policy, crop policy and storage dtype; a clip is keyed by its audio content hash. Shards appear atomically
 (written to a temp folder, then renamed); a shard that fails any check (index or arrays) is moved aside to
@@ -45,6 +48,7 @@ class _Entry:
     shard: Path
     offset: int
     length: int
+    content: int  # frames of the clip's own audio (== length unless the cache keeps input frames)
 
 
 class FeatureCache:
@@ -58,6 +62,8 @@ class FeatureCache:
         self.verify = verify
         # checksums are verified for these layers only (None = all); other layers get the cheap shape check
         self.verify_layers = None if verify_layers is None else {int(k) for k in verify_layers}
+        # `frames: input`: every frame the encoder attended to is stored (see the module docstring)
+        self.keeps_input_frames = self.settings.get("frames") == "input"
         self.dir.mkdir(parents=True, exist_ok=True)
         settings_file = self.dir / "settings.json"
         if not settings_file.exists():
@@ -79,10 +85,11 @@ class FeatureCache:
                 self._quarantine(shard, str(e))
                 continue
             self._seen.add(shard)
+            content = index.get("content_lengths") or index["lengths"]
             for layer in index["layers"]:
                 entries = self._index.setdefault(int(layer), {})
-                for h, off, n in zip(index["hashes"], index["offsets"], index["lengths"]):
-                    entries[h] = _Entry(shard, int(off), int(n))
+                for h, off, n, c in zip(index["hashes"], index["offsets"], index["lengths"], content):
+                    entries[h] = _Entry(shard, int(off), int(n), int(c))
 
     def _check_shard(self, shard: Path) -> dict:
         """The shard's index once everything in it verifies; CacheCorruptError (naming the file) otherwise.
@@ -115,6 +122,11 @@ class FeatureCache:
         if offsets != expected or len(hashes) != len(lengths) or min(lengths, default=0) < 0:
             raise CacheCorruptError(f"{index_file}: inconsistent index (offsets are not the running sum of the "
                                     "lengths, or the counts of hashes / offsets / lengths differ)")  # fmt: skip
+        content = index.get("content_lengths")
+        if self.keeps_input_frames and (not isinstance(content, list) or len(content) != len(lengths)
+                                        or any(not 0 < int(c) <= n for c, n in zip(content, lengths))):  # fmt: skip
+            raise CacheCorruptError(f"{index_file}: this cache keeps input frames, so its index must list every clip's "
+                                    "content_lengths (1..its stored length)")  # fmt: skip
         total = int(sum(lengths))
         for layer in layers:
             f = shard / f"layer_{layer}.npy"
@@ -154,6 +166,13 @@ class FeatureCache:
                 out.append(h)
         return out
 
+    def content_length(self, content_hash: str, layer: int) -> int:
+        """Frames of the clip's own audio: `get(...)[:content_length]` (all of it unless the cache keeps input frames)."""
+        try:
+            return self._index[layer][content_hash].content
+        except KeyError:
+            raise KeyError(f"clip {content_hash[:12]} layer {layer} is not in the cache {self.dir}") from None
+
     def get(self, content_hash: str, layer: int) -> np.ndarray:
         """(T, D) memory-mapped features of one clip and layer."""
         try:
@@ -176,8 +195,13 @@ class FeatureCache:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def write_shard(self, hashes: Sequence[str], features: Mapping[int, Sequence[np.ndarray]]) -> Path:
-        """Store clips' features for several layers as one shard, atomically."""
+    def write_shard(self, hashes: Sequence[str], features: Mapping[int, Sequence[np.ndarray]],
+                    content_lengths: Sequence[int] | None = None) -> Path:  # fmt: skip
+        """Store clips' features for several layers as one shard, atomically. `content_lengths` (required by a cache
+        that keeps input frames, refused otherwise): each clip's frames of its own audio."""
+        if (content_lengths is not None) != self.keeps_input_frames:
+            raise ValueError(f"{self.dir}: content_lengths are {'required' if self.keeps_input_frames else 'only kept'} "
+                             "by a cache that keeps input frames")  # fmt: skip
         np_dtype = DTYPES[self.dtype]
         lengths = [int(a.shape[0]) for a in next(iter(features.values()))]
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist() if lengths else []
@@ -201,6 +225,8 @@ class FeatureCache:
                 "hashes": list(hashes), "offsets": offsets, "lengths": lengths, "dim": dim,
                 "layers": sorted(int(k) for k in features), "sha256": sums,
             }  # fmt: skip
+            if content_lengths is not None:
+                index["content_lengths"] = [int(c) for c in content_lengths]
             index["index_sha256"] = json_digest(index, "index_sha256")  # the index is verified like the arrays it describes
             atomic_write_json(tmp / "index.json", index)
             os.rename(tmp, self.dir / name)
@@ -225,13 +251,16 @@ class FeatureCache:
 def cache_for(root: str, encoder_fingerprint: str, frontend_settings: Mapping[str, object], policy: str,
               max_seconds: float, crop: str, dtype: str = "fp16", verify: bool = True,
               sample_rate: int = 16000, verify_layers: Sequence[int] | None = None, speed: float = 1.0,
-              compute_dtype: str = "fp32") -> FeatureCache:  # fmt: skip
+              compute_dtype: str = "fp32", input_frames: bool = False) -> FeatureCache:  # fmt: skip
     """The cache of features made with these settings (features/pipeline.open_feature_cache fills them in from an
-    encoder). compute_dtype: the encoder's (fp32 / bf16 / fp16): bf16 features are not fp32 features."""
+    encoder). compute_dtype: the encoder's (fp32 / bf16 / fp16): bf16 features are not fp32 features. input_frames:
+    keep every input frame and each clip's content length (FeatureCache docstring)."""
     settings = {
         "encoder": encoder_fingerprint, "compute_dtype": compute_dtype, "frontend": dict(frontend_settings),
         "policy": policy, "max_seconds": float(max_seconds), "crop": crop, "sample_rate": sample_rate,
     }  # fmt: skip
     if speed != 1.0:  # speed-perturbed copies (data.speed_perturb) get their own key; unperturbed keys are unchanged
         settings["speed"] = float(speed)
+    if input_frames:  # every frame the encoder attended to, padding included (adapted blocks' input); own key
+        settings["frames"] = "input"
     return FeatureCache(root, settings, dtype=dtype, verify=verify, verify_layers=verify_layers)

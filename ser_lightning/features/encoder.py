@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -122,6 +122,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 class EncoderOutput:
     layers: Dict[int, torch.Tensor]  # layer -> (B, T, D)
     mask: torch.Tensor  # (B, T) True on frames that hold the clip's own audio (pooling uses these)
+    # (B, T) True on every frame the encoder's attention sees (the clip and, under 10 s / 30 s / clip+T inputs, its
+    # padding frames): the key mask adapted blocks (models/adapt.py) must use; equals `mask` at input_seconds=clip
+    input_mask: Optional[torch.Tensor] = None
 
 
 class FrozenWhisperEncoder(nn.Module):
@@ -131,9 +134,43 @@ class FrozenWhisperEncoder(nn.Module):
         super().__init__()
         self.encoder = encoder.eval().requires_grad_(False)
         self.source = source
-        self.fingerprint = fingerprint
+        self.weight_fingerprint = fingerprint  # the weights alone; `fingerprint` adds what else changes the features
         self.compiled = False
+        # token resolution inside the encoder (model.encoder_stride_after, set_stride): a TokenStride after block j
+        self.stride_after: Optional[int] = None
+        self.token_stride: Optional[nn.Module] = None
         self.train(False)
+
+    @property
+    def fingerprint(self) -> str:
+        """The identity of the features this encoder computes: the weights' sha256, plus the token stride when one is
+        set (a strided encoder's layers are other features: other cache key, refused by checkpoints and exports of
+        the unstrided one). Unchanged for an unstrided encoder, so existing caches and runs keep their keys."""
+        s = self.stride_settings
+        return self.weight_fingerprint if s is None else f"{self.weight_fingerprint}+stride{s['stride']}-{s['pool']}-after{s['after']}"
+
+    @property
+    def stride_settings(self) -> Optional[Dict[str, object]]:
+        """{after, stride, pool} when a token stride is set (recorded in results and head.json), else None."""
+        if self.token_stride is None:
+            return None
+        return {"after": self.stride_after, "stride": self.token_stride.stride, "pool": self.token_stride.pool}
+
+    def set_stride(self, after: Optional[int] = None, stride: int = 1, pool: str = "skip") -> "FrozenWhisperEncoder":
+        """Token resolution after block `after` (1..L-1): blocks above it run on ceil(T/stride) frames, and every
+        layer returned (those at or below it strided on output) has that many. after=None or stride=1: off. Returns
+        self. ValueError listing what is allowed."""
+        from ser_lightning.models.stride import maybe_stride
+
+        module = maybe_stride(int(stride), pool)
+        if after is None or module is None:
+            self.stride_after, self.token_stride = None, None
+            return self
+        if isinstance(after, bool) or not 1 <= int(after) <= self.num_layers - 1:
+            raise ValueError(f"encoder_stride_after={after!r}: {self.source} has {self.num_layers} blocks, so a stride "
+                             f"goes after block 1..{self.num_layers - 1} (null = at the head input)")  # fmt: skip
+        self.stride_after, self.token_stride = int(after), module
+        return self
 
     # sizes flow from here to the head
     @property
@@ -207,11 +244,17 @@ class FrozenWhisperEncoder(nn.Module):
         out_frames = (input_frames + 1) // 2
         key_valid = torch.arange(t, device=x.device)[None, :] < out_frames[:, None]  # (B, T)
         h = h + enc.embed_positions.weight[:t].to(dtype)
-        attn_mask = None
-        if not bool(key_valid.all()):
+
+        def additive(valid: torch.Tensor):
+            if bool(valid.all()):
+                return None
             # additive key mask (B, 1, 1, T): padded frames are never attended to, so batching cannot change a clip
-            attn_mask = torch.zeros(b, 1, 1, t, dtype=dtype, device=x.device)
-            attn_mask.masked_fill_(~key_valid[:, None, None, :], torch.finfo(dtype).min)
+            mask = torch.zeros(b, 1, 1, valid.shape[1], dtype=dtype, device=x.device)
+            return mask.masked_fill_(~valid[:, None, None, :], torch.finfo(dtype).min)
+
+        attn_mask = additive(key_valid)
+        content_mask = torch.arange(t, device=x.device)[None, :] < content_frames[:, None]
+        stride, strided = self.token_stride, False
         wanted = set(layers)
         outputs: Dict[int, torch.Tensor] = {}
         for index, block in enumerate(enc.layers[: max(layers)], start=1):
@@ -219,8 +262,17 @@ class FrozenWhisperEncoder(nn.Module):
             h = h[0] if isinstance(h, tuple) else h
             if index in wanted:
                 outputs[index] = enc.layer_norm(h) if index == self.num_layers else h
-        content_mask = torch.arange(t, device=x.device)[None, :] < content_frames[:, None]
-        return EncoderOutput(layers=outputs, mask=content_mask)
+            if stride is not None and index == self.stride_after:
+                # token resolution: the layers so far are strided on output, the blocks above run on ceil(T/s)
+                # frames; groups are averaged / picked over the key frames (every input frame), as h is
+                outputs = {k: stride(v, key_valid)[0] for k, v in outputs.items()}
+                h, strided = outputs[index] if index in outputs else stride(h, key_valid)[0], True  # index < L: no norm
+                key_valid, content_mask = stride.stride_mask(key_valid), stride.stride_mask(content_mask)
+                attn_mask = additive(key_valid)
+        if stride is not None and not strided:  # no block above the stride point was needed: stride the outputs
+            outputs = {k: stride(v, key_valid)[0] for k, v in outputs.items()}
+            key_valid, content_mask = stride.stride_mask(key_valid), stride.stride_mask(content_mask)
+        return EncoderOutput(layers=outputs, mask=content_mask, input_mask=key_valid)
 
 
 def load_encoder(source: str, device: torch.device | str = "cpu", dtype: str = "auto", seed: int = 0) -> FrozenWhisperEncoder:

@@ -32,12 +32,32 @@ def encode_waves(
     waves: Sequence[np.ndarray],
     policy: LengthPolicy,
     layers: Sequence[int],
+    input_frames: bool = False,
 ) -> Dict[int, List[np.ndarray]]:
-    """Encode clips together; per layer, a list of (T_clip, D) float32 arrays trimmed to each clip's audio."""
+    """Encode clips together; per layer, a list of (T_clip, D) float32 arrays trimmed to each clip's audio, or with
+    `input_frames` to every frame the encoder attended to (see encode_clips)."""
+    return encode_clips(encoder, frontend, waves, policy, layers, input_frames)[0]
+
+
+@torch.no_grad()
+def encode_clips(
+    encoder: FrozenWhisperEncoder,
+    frontend: LogMelFrontend,
+    waves: Sequence[np.ndarray],
+    policy: LengthPolicy,
+    layers: Sequence[int],
+    input_frames: bool = False,
+) -> Tuple[Dict[int, List[np.ndarray]], List[int]]:
+    """(per layer a list of (T_clip, D) float32 arrays, each clip's frames of its own audio). The arrays hold the
+    clip's own frames, or with `input_frames` every frame the encoder attended to: the clip and its padding under
+    10 s / 30 s / clip+T inputs, what adapted blocks are fed (models/adapt.py); the clip's own frames are then the
+    first `content` of them."""
     device = next(encoder.parameters()).device
     feats, frames, content = frontend(waves, policy, device)
     out = encoder(feats, frames, content, layers)
-    lengths = content.tolist()
+    content_lengths = out.mask.sum(1).tolist()
+    keep = out.input_mask if input_frames and out.input_mask is not None else out.mask  # (B, T)
+    lengths = keep.sum(1).tolist()
     result: Dict[int, List[np.ndarray]] = {}
     for k, h in out.layers.items():
         # one device->host transfer per layer, in the compute dtype (bf16 is half the bytes of fp32), cut to the
@@ -46,7 +66,7 @@ def encode_waves(
         # padded (B, T, D) output alive for as long as the shard is being collected (~5 GB per shard at 30 s).
         host = h[:, : max(lengths)].cpu().float()
         result[k] = [host[i, : lengths[i]].numpy().copy() for i in range(len(waves))]
-    return result
+    return result, [int(n) for n in content_lengths]
 
 
 @dataclass
@@ -81,7 +101,10 @@ def fill_cache(
         todo = cache.missing(list(paths_by_hash), layers)
         if not todo:
             return FillStats(0, len(paths_by_hash), 0.0, 0.0)
-        _check_space(cache, encoder, [durations[h] / speed for h in todo], len(layers), sample_rate, max_seconds)
+        seconds = [durations[h] / speed for h in todo]
+        if cache.keeps_input_frames:  # the padding frames are stored too
+            seconds = [policy.input_samples(int(min(d, max_seconds) * sample_rate)) / sample_rate for d in seconds]
+        _check_space(cache, encoder, seconds, len(layers), sample_rate, max_seconds)
         frontend = LogMelFrontend(encoder.num_mel_bins)
         todo.sort(key=lambda h: durations[h])  # similar lengths together: little padding
         audio_seconds = 0.0
@@ -96,14 +119,17 @@ def fill_cache(
         loaded = _prefetch(batches, load)  # the next batch is decoded while this one is encoded
         for shard_hashes in shards:
             shard: Dict[int, List[np.ndarray]] = {k: [] for k in layers}
+            content: List[int] = []
             for b in range(0, len(shard_hashes), batch_size):
                 batch, waves = next(loaded)
                 audio_seconds += sum(len(w) for w in waves) / sample_rate
-                for k, arrays in encode_waves(encoder, frontend, waves, policy, layers).items():
+                arrays_by_layer, content_lengths = encode_clips(encoder, frontend, waves, policy, layers, cache.keeps_input_frames)
+                for k, arrays in arrays_by_layer.items():
                     shard[k].extend(arrays)
+                content.extend(content_lengths)
                 bar(len(batch))
                 fault_point("encode_batch")
-            cache.write_shard(shard_hashes, shard)
+            cache.write_shard(shard_hashes, shard, content if cache.keeps_input_frames else None)
         bar(0, done=True)
     return FillStats(len(todo), len(paths_by_hash) - len(todo), time.perf_counter() - start, audio_seconds)
 

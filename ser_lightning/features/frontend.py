@@ -57,6 +57,12 @@ class LengthPolicy:
         return cls(seconds)
 
     @property
+    def pads(self) -> bool:
+        """Whether the encoder may see frames past a clip's own audio (fixed-length inputs and clip+T): those frames
+        are attended to, so what a block computes depends on them."""
+        return self.seconds is not None or self.tail > 0
+
+    @property
     def name(self) -> str:
         if self.seconds is None:
             return f"clip+{self.tail:g}s" if self.tail else "clip"

@@ -31,6 +31,9 @@ class FeatureSpec:
     cache_dtype: str = "fp16"
     verify: bool = True
     encode_batch_size: int = 16
+    # adapted blocks under a padding input policy (10 s / 30 s / clip+T): the fed layers keep every frame the encoder
+    # attended to (their own cache key), since the adapted blocks attend to the padding frames too
+    input_frames: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,25 @@ def load_config_encoder(cfg: Any, encoder: Optional[FrozenWhisperEncoder] = None
                                dtype=cfg.model.encoder_dtype, seed=cfg.seed)  # fmt: skip
     if bool(cfg.model.compile) and not encoder.compiled:
         encoder.compile_blocks()
-    return encoder
+    return configure_stride(encoder, cfg.model)
+
+
+def configure_stride(encoder: FrozenWhisperEncoder, model: Any) -> FrozenWhisperEncoder:
+    """Set (or clear) the encoder's token stride from a model section (issue #18): model.encoder_stride_after = j puts
+    model.token_stride / token_pool after block j (the head then gets token_stride 1, HeadConfig.from_options); null
+    leaves the encoder unstrided (the stride, if any, is the head's). Checked against the encoder (j in 1..L-1) and
+    the adaptation (j below the first adapted block). Returns the encoder; a reused encoder is reconfigured."""
+    after = model.get("encoder_stride_after")
+    stride, pool = int(model.get("token_stride", 1)), str(model.get("token_pool", "skip"))
+    if after is not None and stride > 1:
+        plan = adaptation(model, encoder)
+        if plan is not None and int(after) >= plan[0][0]:
+            first, last = plan[0][0], plan[0][-1]
+            raise ValueError(f"model.encoder_stride_after={after} with model.adapt={model.adapt}: the adapted blocks "
+                             f"{first}..{last} are fed from layer {first - 1} and run at full resolution, so the stride "
+                             f"must come before them: encoder_stride_after in 1..{first - 1}, or null (the stride at the "
+                             "head input)")  # fmt: skip
+    return encoder.set_stride(after, stride, pool)
 
 
 def layer_list(layers: Optional[Sequence[int]], layer: int) -> List[int]:
@@ -82,16 +103,18 @@ def head_layers(model: Any, encoder: FrozenWhisperEncoder) -> tuple:
 
 
 def adaptation(model: Any, encoder: FrozenWhisperEncoder) -> Optional[tuple]:
-    """model.adapt=top|lora: (adapted blocks, fed layers): the k blocks ending at the deepest read layer, and the layers
+    """model.adapt=top|lora: (adapted blocks, fed layers): the k blocks ending at the deepest read layer (query and, with
+    fusion=cma, key/value layers), and the layers
     the module is fed (from the cache or the live encoder): the read layers below the first adapted block, then that
     block's input layer. None when the encoder is frozen."""
     if model.get("adapt", "frozen") == "frozen":
         return None
     from ser_lightning.models.adapt import adapted_blocks
 
-    query, _ = head_layers(model, encoder)
-    blocks = adapted_blocks(query, int(model.adapt_blocks), encoder.num_layers)
-    fed = [k for k in query if k < blocks[0]]
+    query, kv = head_layers(model, encoder)
+    read = list(dict.fromkeys(query + kv))  # fusion=cma: the key/value layers are read (and may be adapted) too
+    blocks = adapted_blocks(read, int(model.adapt_blocks), encoder.num_layers)
+    fed = [k for k in read if k < blocks[0]]
     return blocks, fed + ([blocks[0] - 1] if blocks[0] - 1 not in fed else [])
 
 
@@ -102,9 +125,11 @@ def feature_spec(cfg: Any, encoder: FrozenWhisperEncoder, *, layers: Optional[Se
     m, c = cfg.model, cfg.cache
     adapted = adaptation(m, encoder)
     default_layers = adapted[1] if adapted else sum(head_layers(m, encoder), [])
+    length_policy = LengthPolicy.parse(m.input_seconds if policy is None else policy)
     return FeatureSpec(
         layers=encoder.resolve_layers(list(layers)) if layers is not None else default_layers,
-        policy=LengthPolicy.parse(m.input_seconds if policy is None else policy),
+        policy=length_policy,
+        input_frames=adapted is not None and length_policy.pads,
         cached=bool(c.enabled) if cached is None else bool(cached),
         cache_dir=str(c.dir),
         cache_dtype=str(c.dtype),
@@ -122,6 +147,7 @@ def open_feature_cache(spec: FeatureSpec, encoder: FrozenWhisperEncoder, audio: 
         spec.cache_dir, encoder.fingerprint, {"n_mels": encoder.num_mel_bins, "frontend": FRONTEND_VERSION},
         spec.policy.name, audio.max_seconds, audio.crop, dtype=spec.cache_dtype, verify=spec.verify,
         sample_rate=audio.sample_rate, verify_layers=spec.layers, speed=speed, compute_dtype=encoder.compute_dtype,
+        input_frames=spec.input_frames,
     )  # fmt: skip
 
 
@@ -131,4 +157,6 @@ def encoder_identity(encoder: FrozenWhisperEncoder, layers: Sequence[int], polic
         "source": encoder.source, "fingerprint": encoder.fingerprint, "layers": list(layers),
         "num_layers": encoder.num_layers, "output_dim": encoder.output_dim, "num_mel_bins": encoder.num_mel_bins,
         "input_seconds": policy,
+        # model.encoder_stride_after: {after, stride, pool} (also in the fingerprint); `ser predict` sets it again
+        **({"stride": encoder.stride_settings} if encoder.stride_settings else {}),
     }  # fmt: skip

@@ -132,3 +132,12 @@ def adapt_features(adapter: AdaptedTop, x: torch.Tensor, mask: torch.Tensor, fed
     adapted = adapter(by_layer[adapter.first - 1].float(), mask, [k for k in read_layers if k >= adapter.first])
     feats = [by_layer[k].float() if k < adapter.first else adapted[k] for k in read_layers]
     return feats[0] if len(feats) == 1 else torch.stack(feats, dim=1)
+
+
+def trim_to_content(x: torch.Tensor, mask: torch.Tensor) -> tuple:
+    """(x, mask) cut to the batch's longest clip: past it every frame is padding the head never pools over (adapted
+    blocks under 10 s / 30 s inputs return every input frame). x (B, T, D) or (B, L, T, D), mask (B, T)."""
+    t = int(mask.sum(1).max()) if mask.numel() else 0
+    if t >= mask.shape[1]:
+        return x, mask
+    return x[..., :t, :], mask[:, :t]

@@ -14,6 +14,7 @@ from torch import nn
 from ser_lightning.models.context import CONTEXTS, build_context
 from ser_lightning.models.fusion import FUSIONS, QUERY_FUSIONS, CrossLayerAttention, WeightedLayerSum, build_fusion
 from ser_lightning.models.pooling import POOLINGS, build_pooling
+from ser_lightning.models.stride import TOKEN_POOLS, TokenStride, check_stride
 
 # none; standardize: one mean/std per layer and channel from the training split (stored in the head);
 # speaker: each speaker's own mean/std over all of that speaker's clips (labels unused), given per batch
@@ -82,13 +83,19 @@ class HeadConfig:
     time_mask_width: int = 10
     feature_mask: int = 0
     feature_mask_width: int = 32
+    # token resolution at the head input (models/stride.py): keep one frame in token_stride (skip) or average them
+    # (mean); no parameters. 1 when the stride sits inside the encoder (model.encoder_stride_after, see from_options)
+    token_stride: int = 1
+    token_pool: str = "skip"
 
     def __post_init__(self) -> None:
         for name, value, choices in (("pooling", self.pooling, POOLINGS), ("fusion", self.fusion, FUSIONS),
                                      ("context", self.context, CONTEXTS), ("feature_norm", self.feature_norm, FEATURE_NORMS),
-                                     ("cma_query_fusion", self.cma_query_fusion, QUERY_FUSIONS)):  # fmt: skip
+                                     ("cma_query_fusion", self.cma_query_fusion, QUERY_FUSIONS),
+                                     ("token_pool", self.token_pool, TOKEN_POOLS)):  # fmt: skip
             if value not in choices:
                 raise ValueError(f"{name}={value!r}: use one of {', '.join(choices)}")
+        check_stride(self.token_stride, self.token_pool)
         if (self.fusion == "cma") != (self.num_kv_layers > 0):
             raise ValueError(f"fusion={self.fusion!r} with {self.num_kv_layers} key/value layers: cross-layer attention "
                              "(fusion=cma) needs its key/value layers (model.cma.layers), and only it reads them")  # fmt: skip
@@ -100,6 +107,8 @@ class HeadConfig:
         encoder and the data). Keys the section lacks keep their defaults (head.json of older exports)."""
         sizes = {"input_dim": input_dim, "num_classes": num_classes, "num_layers": num_layers, "num_kv_layers": num_kv_layers}
         flat = {**options, **{f"cma_{k}": v for k, v in (options.get("cma") or {}).items()}}  # model.cma.heads -> cma_heads
+        if options.get("encoder_stride_after") is not None:  # the stride is applied inside the encoder, not again here
+            flat["token_stride"] = 1
         return cls(**sizes, **{f.name: flat[f.name] for f in fields(cls) if f.name not in sizes and f.name in flat})
 
     @classmethod
@@ -142,6 +151,7 @@ class SERHead(nn.Module):
             self.kv_fusion = WeightedLayerSum(c.num_kv_layers, c.input_dim, c.fusion_layernorm) if c.num_kv_layers > 1 else None
             self.kv_projector = nn.Sequential(nn.LayerNorm(c.input_dim), nn.Linear(c.input_dim, c.proj_dim))
             self.cma = CrossLayerAttention(c.proj_dim, c.cma_heads, c.dropout)
+        self.token_stride = TokenStride(c.token_stride, c.token_pool)
         self.augment = FeatureAugment(c.feature_dropout, c.time_mask, c.time_mask_width, c.feature_mask, c.feature_mask_width)
         self.projector = nn.Sequential(nn.Linear(projector_in, c.proj_dim), nn.LayerNorm(c.proj_dim))
         self.context = build_context(c.context, c.proj_dim, c.context_layers, c.dropout)
@@ -181,6 +191,13 @@ class SERHead(nn.Module):
                 features = (features - self.feature_mean[:, None]) / self.feature_std[:, None]  # (B, L, T, D)
             else:
                 features = (features - self.feature_mean[0]) / self.feature_std[0]  # (B, T, D)
+        # token resolution (model.token_stride): after the normalisation, before fusion and projector. The standardize
+        # / speaker statistics are computed on the full-resolution frames the head is fed (SERModule.feature_stats,
+        # `ser predict`), so they are applied to those frames; mean groups then average normalised frames (a
+        # per-channel affine map commutes with skip and with a mean, so the order changes rounding only), and the
+        # padded frames normalisation turns into -mean/std are masked out of every group. Fusion, cross-layer
+        # attention, projector, context and pooling all run on T/s frames; FeatureAugment's time masks count them.
+        features, mask = self.token_stride(features, mask)
         kv = None
         if self.cma is not None:  # (B, Lq + Lkv, T, D): the query layers, then the key/value layers
             expected = self.num_layers + self.config.num_kv_layers

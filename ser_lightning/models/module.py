@@ -69,6 +69,7 @@ class SERModule(L.LightningModule):
         # per test clip: (split index, class probabilities); `ser train` writes them to test_predictions.json
         # (what an ensemble averages: run/ensemble.py)
         self._test_outputs: List[tuple] = []
+        self._train_steps: List[tuple] = []  # this training epoch's (loss, preds, labels), reduced at its end
         self.test_predictions: Dict[str, Any] = {}
         # model.feature_norm=speaker: (S, L, D) per speaker, set when a stage starts; data statistics, not checkpointed
         self.speaker_mean: Optional[torch.Tensor] = None
@@ -127,16 +128,19 @@ class SERModule(L.LightningModule):
 
     # ------------------------------------------------------------------ the shared step
     def _features(self, batch: Dict[str, torch.Tensor]):
-        x, mask = self._fed_features(batch)
+        """The head's input: (features (B, T, D) or (B, L, T, D), mask (B, T) of the clips' own frames)."""
+        x, mask, input_mask = self._fed_features(batch)
         if self.adapter is None:
             return x, mask
-        from ser_lightning.models.adapt import adapt_features
+        from ser_lightning.models.adapt import adapt_features, trim_to_content
 
-        return adapt_features(self.adapter, x, mask, self.layers, self.read_layers), mask
+        # the adapted blocks attend over every input frame (input_mask); the head pools over the clips' own frames
+        return trim_to_content(adapt_features(self.adapter, x, input_mask, self.layers, self.read_layers), mask)
 
     def _fed_features(self, batch: Dict[str, torch.Tensor]):
+        """(fed features, content mask (B, T), input mask (B, T): every frame the encoder attended to)."""
         if "features" in batch:
-            return batch["features"], batch["mask"]
+            return batch["features"], batch["mask"], batch.get("input_mask", batch["mask"])
         encoder = self.__dict__["_encoder"]
         if encoder is None:
             raise RuntimeError("batch holds audio features but the module has no encoder (live mode needs one)")
@@ -145,7 +149,7 @@ class SERModule(L.LightningModule):
         out = encoder(batch["input_features"], batch["input_frames"], batch["content_frames"], self.layers)
         feats = [out.layers[k].float() for k in self.layers]
         x = feats[0] if len(feats) == 1 else torch.stack(feats, dim=1)  # (B, T, D) or (B, L, T, D)
-        return x, out.mask
+        return x, out.mask, out.input_mask if out.input_mask is not None else out.mask
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         features, mask = self._features(batch)
@@ -166,9 +170,13 @@ class SERModule(L.LightningModule):
 
     def training_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, preds, labels = self.model_step(batch)
-        self.train_metrics.update(preds, labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        # kept (detached: no host sync) and reduced once when the epoch ends: a per-step self.log and torchmetrics
+        # update cost ~1.4 ms of a ~31 ms CPU step (issue #18, `ser bench --parts overhead`)
+        self._train_steps.append((loss.detach(), preds, labels))
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._train_steps = []
 
     def validation_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, preds, labels = self.model_step(batch)
@@ -191,6 +199,16 @@ class SERModule(L.LightningModule):
 
     # ------------------------------------------------------------------ epoch ends: compute() + reset()
     def on_train_epoch_end(self) -> None:
+        steps, self._train_steps = self._train_steps, []
+        if not steps:
+            return
+        # train/loss_epoch: the clip-weighted mean of the step losses, summed in the order and precision Lightning's
+        # on_epoch mean used (the same value); WA / UA from the epoch's predictions in one update (the same counts)
+        total = torch.zeros((), dtype=torch.float32, device=steps[0][0].device)
+        for loss, _, labels in steps:
+            total = total + loss.float() * len(labels)
+        self.log("train/loss_epoch", total / sum(len(labels) for _, _, labels in steps), prog_bar=True)
+        self.train_metrics.update(torch.cat([p for _, p, _ in steps]), torch.cat([y for _, _, y in steps]))
         values = self.train_metrics.compute()
         self.train_metrics.reset()
         self.log_dict({k: v for k, v in values.items() if k in ("train/wa", "train/ua")}, prog_bar=True)

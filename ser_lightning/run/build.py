@@ -46,7 +46,7 @@ def build_training(cfg: DictConfig, encoder: Optional[FrozenWhisperEncoder] = No
         SERHead(head_config), dm.class_names, lr=o.lr, weight_decay=o.weight_decay, warmup_ratio=o.warmup_ratio,
         label_smoothing=o.label_smoothing, class_weights=dm.class_weights if o.class_weighted else None,
         encoder=None if spec.cached else encoder, layers=spec.layers,
-        encoder_info=encoder_identity(encoder, spec.layers, spec.policy.name), adapter=adapter, read_layers=query if adapter is not None else spec.layers,
+        encoder_info=encoder_identity(encoder, spec.layers, spec.policy.name), adapter=adapter, read_layers=query + kv if adapter is not None else spec.layers,
         encoder_lr=o.encoder_lr, encoder_weight_decay=o.encoder_weight_decay,
     )  # fmt: skip
     return encoder, dm, module

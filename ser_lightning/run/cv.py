@@ -68,6 +68,7 @@ def summarize(results: List[Dict[str, Any]], cfg: Optional[DictConfig] = None) -
     n = len(class_names)
     pooled = [[sum(r["confusion_matrix"][i][j] for r in results) for j in range(n)] for i in range(n)]
     from ser_lightning.models.metrics import confusion_metrics
+    from ser_lightning.run.compute import cv_compute
 
     scores = confusion_metrics(pooled)
     # the metrics of all folds' test predictions concatenated: defined even when a test fold lacks a class
@@ -89,6 +90,8 @@ def summarize(results: List[Dict[str, Any]], cfg: Optional[DictConfig] = None) -
             "corpus": results[0].get("corpus"),
             "config_hash": results[0]["config_hash"],
             "wall_time_s": round(sum(r["wall_time_s"] for r in results), 1),
+            # FLOPs (run/compute.py): the mean over folds, and cv_total_gflops (corpus encoded once + every fold's training)
+            "compute": cv_compute([r.get("compute") for r in results]),
         }
     )
     return summary

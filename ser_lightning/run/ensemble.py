@@ -27,6 +27,7 @@ from omegaconf import DictConfig, open_dict
 
 from ser_lightning.config import to_yaml
 from ser_lightning.run.artifact import COMBINE, export_ensemble
+from ser_lightning.run.compute import ensemble_compute
 from ser_lightning.run.fold import confusion_png, train_one
 from ser_lightning.run.rundir import CONFIG_YAML, PREDICTIONS, RESULTS, config_hash, open_run
 from ser_lightning.utils.io import atomic_write_json, atomic_write_text, read_json, remove_stale_temps
@@ -121,6 +122,7 @@ def train_ensemble(cfg: DictConfig, encoder: Any = None) -> Dict[str, Any]:
             "best_val": (sum(float(r["best_val"]) for r in members) / k
                          if all(r.get("best_val") is not None for r in members) else None),  # fmt: skip
             "head_parameters": sum(int(r["head_parameters"]) for r in members),
+            "compute": ensemble_compute([r.get("compute") for r in members]),  # one encoder pass, every member's head
             "wall_time_s": round(sum(float(r["wall_time_s"]) for r in members) + time.time() - start, 2),
             "config_hash": config_hash(cfg),
             "ensemble": {"members": k, "combine": COMBINE},

@@ -32,10 +32,13 @@ def make_trainer(cfg: DictConfig, output_dir: Path, logger: Any, callbacks: list
     )  # fmt: skip
     # fault tolerance (run/callbacks.py): atomic checkpoint files, per-step seeds (a resumed run repeats the
     # interrupted epoch exactly), fault-injection points for the tests
-    from ser_lightning.run.callbacks import AtomicCheckpointIO, FaultPoints, ReproducibleSteps
+    from ser_lightning.run.callbacks import AtomicCheckpointIO, FaultPoints, ReproducibleSteps, progress_bar
 
     kwargs["plugins"] = [AtomicCheckpointIO()]
     kwargs["callbacks"] = [*callbacks, ReproducibleSteps(cfg.seed), FaultPoints()]
+    bar = progress_bar() if t.enable_progress_bar else None  # redrawn a few times a second, not after every step
+    if bar is not None:
+        kwargs["callbacks"].append(bar)
     if t.limit_train_batches is not None:
         kwargs["limit_train_batches"] = t.limit_train_batches
     return L.Trainer(**kwargs)
@@ -128,7 +131,10 @@ def train_one(cfg: DictConfig, encoder=None) -> Dict[str, Any]:
     )
     if trainer.is_global_zero:
         from ser_lightning.run.artifact import export_head
+        from ser_lightning.run.compute import fold_compute
 
+        # FLOPs (torch.utils.flop_counter), counted once per configuration and cached next to the feature cache
+        results["compute"] = fold_compute(cfg, encoder, dm, module, int(trainer.current_epoch))
         write_provenance(out / PROVENANCE, cfg, dm, module.encoder_info, compact=results["provenance"])
         export_head(module, cfg, out / EXPORT)
         image = confusion_png(results, out)

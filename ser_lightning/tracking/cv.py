@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ser_lightning.tracking.agent import restore_agent
-from ser_lightning.tracking.fold import _expand_confusion
+from ser_lightning.tracking.fold import _expand_confusion, compute_metrics
 from ser_lightning.tracking.mode import _stable_run_id, is_global_zero, wandb_dir, wandb_mode
 
 
 def cv_metrics(summary: Mapping[str, Any]) -> Dict[str, float]:
     """`cv/<key>_mean` and `cv/<key>_std` for every fold metric of a CV summary.json (`cv/test/ua_mean` is the
-    sweep objective), plus `cv/n_folds` and `cv/n_test`. The cv-summary W&B run logs exactly these keys and
-    `ser sweep` reads exactly these keys from summary.json."""
+    sweep objective), plus `cv/n_folds`, `cv/n_test` and the FLOPs figures `compute/<name>`. The cv-summary W&B run
+    logs exactly these keys and `ser sweep` reads exactly these keys from summary.json."""
     out: Dict[str, float] = {}
     for key, value in summary.items():
         if isinstance(value, Mapping) and "mean" in value and "std" in value:
@@ -30,6 +30,7 @@ def cv_metrics(summary: Mapping[str, Any]) -> Dict[str, float]:
         out["cv/n_folds"] = float(len(summary["folds"]))
     if "n_test" in summary:
         out["cv/n_test"] = float(summary["n_test"])
+    out.update(compute_metrics(summary.get("compute")))  # compute/<name>: the mean over folds; compute/cv_total_gflops
     return out
 
 

@@ -89,6 +89,21 @@ def trial_metrics(results: Mapping[str, Any]) -> Dict[str, float]:
         out[f"{results['monitor']}_best"] = float(results["best_val"])
     if "n_test" in results:
         out["n_test"] = float(results["n_test"])
+    out.update(compute_metrics(results.get("compute")))
+    return out
+
+
+def compute_metrics(compute: Any) -> Dict[str, float]:
+    """`compute/<name>` for every number of a results.json / summary.json `compute` section (run/compute.py: FLOPs,
+    parameters), `compute/clips/<split>` for its clip counts; {} when there is none."""
+    out: Dict[str, float] = {}
+    if not isinstance(compute, Mapping):
+        return out
+    for key, value in compute.items():
+        items = value.items() if isinstance(value, Mapping) else [(None, value)]
+        for sub, v in items:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"compute/{key}" + (f"/{sub}" if sub is not None else "")] = float(v)
     return out
 
 

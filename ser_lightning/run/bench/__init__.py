@@ -24,6 +24,9 @@ Parts (any subset, comma-separated; each row says what was measured and what was
   and 16, each in its own memory-limited process (run/bench/context.py); needs no encoder.
 - adapt: one training epoch of RAVDESS-sized data for frozen, top-1, top-2, LoRA top-2 / top-4, each from the
   cache and from audio, as ratios to the frozen epoch and from-audio / from-cache (run/bench/adapt.py).
+- overhead: one fold of `ser train` (run/fold.py train_one) against a plain PyTorch loop training the same head on
+  the same batches with the same per-epoch validation (best state saved) and final test, and against the same loop
+  training only; interleaved, wall and CPU time, ratios (run/bench/overhead.py; needs data.root).
 - cache: bytes per clip and layer on disk: our FeatureCache shards (fp16, trimmed to each clip's frames)
   against one fp32 .npy file of 1500 x d per clip and layer (the paper); both written and measured.
 

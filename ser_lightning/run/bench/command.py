@@ -35,12 +35,16 @@ def add_options(p: argparse.ArgumentParser, late: bool = False) -> None:
     p.add_argument("--context-memory-gb", type=float, default=d(12.0), help="context: address-space limit per measurement (CPU); beyond it = OOM")
     p.add_argument("--adapt-clips", type=int, default=d(1440), help="adapt: clips per epoch (RAVDESS: 1440)")
     p.add_argument("--adapt-steps", type=int, default=d(4), help="adapt: training steps measured per variant and path")
+    p.add_argument("--overhead-epochs", type=int, default=d(None), help="overhead: epochs of each side (default trainer.max_epochs)")
+    p.add_argument("--overhead-repeats", type=int, default=d(2), help="overhead: runs of each side, alternating the order (the fastest counts)")
+    p.add_argument("--overhead-threads", type=int, default=d(1), help="overhead: torch intra-op threads for both sides (0 = leave torch's)")
     p.add_argument("--context-budget-s", type=float, default=d(60.0), help="context: longer inputs of a context are skipped once one run took longer")
 
 
 def add_subcommand(sub: argparse._SubParsersAction):
     p = sub.add_parser("bench", help="speed and size against the paper's recipe (encode, policies, cv, cache) and of "
                                      "the temporal contexts over long inputs (context); adaptation depth from the cache vs from audio (adapt); "
+                                     "one fold of `ser train` against a plain PyTorch loop (overhead); "
                                      "prints a table and appends it to docs/benchmarks.md")  # fmt: skip
     add_options(p)
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="group selections and key=value overrides (options may follow them)")
@@ -69,6 +73,14 @@ def add_subcommand(sub: argparse._SubParsersAction):
 
             adapt_report(cfg, args, command)
             parts = [x for x in parts if x != "adapt"]
+            if not parts:
+                return 0
+        if "overhead" in parts:  # one fold of `ser train` against a plain PyTorch loop doing the same work
+            require(cfg, "data.root", "model.encoder")
+            from ser_lightning.run.bench.overhead import overhead_report
+
+            overhead_report(cfg, args, command)
+            parts = [x for x in parts if x != "overhead"]
             if not parts:
                 return 0
         require(cfg, "model.encoder")

@@ -20,7 +20,7 @@ from ser_lightning.utils.machine import machine_info
 
 
 DEFAULT_WRITE = "docs/benchmarks.md"
-PARTS = ("encode", "policies", "cv", "cache", "context", "adapt")
+PARTS = ("encode", "policies", "cv", "cache", "context", "adapt", "overhead")
 
 
 def corpus_waves(cfg: Any, clips: Optional[int], seed: int) -> tuple:

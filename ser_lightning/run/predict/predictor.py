@@ -86,6 +86,10 @@ class Predictor:
             except OSError as e:
                 raise OSError(f"cannot load the encoder '{source}' named in {self.meta_path} ({e}); "
                               "pass --encoder PATH to a local copy of the same weights") from None  # fmt: skip
+            try:  # model.encoder_stride_after: the token stride the head's features were made with (in the fingerprint)
+                encoder_module.set_stride(**enc_info.get("stride", {}))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{self.meta_path}: encoder.stride {enc_info.get('stride')!r} ({e}); the file is damaged") from None
         if encoder_module.fingerprint != enc_info["fingerprint"]:
             raise EncoderFingerprintError(
                 f"encoder {encoder_module.source} has weight fingerprint {encoder_module.fingerprint[:12]}, but the "
@@ -106,6 +110,8 @@ class Predictor:
         except ValueError as e:
             raise ValueError(f"{self.meta_path}: model.{e}; the file is damaged") from None
         self.frontend = LogMelFrontend(encoder_module.num_mel_bins)
+        # adapted blocks under 10 s / 30 s / clip+T inputs attend to the padding frames: they are kept, as in training
+        self.input_frames = self.policy.pads and any(a is not None for a in self.adapters)
         data = self.meta["data"]
         self.sample_rate = int(data["sample_rate"])
         self.window_seconds = min(float(data["max_seconds"]), 30.0)
@@ -117,14 +123,15 @@ class Predictor:
         for head in self.heads:
             head.to(self.device)
 
-    def _features(self, waves: List[np.ndarray]) -> List[Any]:
-        """Per window: the encoder features exactly as the feature cache held them in training."""
+    def _features(self, waves: List[np.ndarray]) -> Tuple[List[Any], List[int]]:
+        """Per window: the encoder features exactly as the feature cache held them in training, and the window's own
+        frames among them (all of them unless adapted blocks need the padding frames too)."""
         import torch
 
         from ser_lightning.features.cache import DTYPES
-        from ser_lightning.features.extract import encode_waves
+        from ser_lightning.features.extract import encode_clips
 
-        per_layer = encode_waves(self.encoder, self.frontend, waves, self.policy, self.layers)
+        per_layer, content = encode_clips(self.encoder, self.frontend, waves, self.policy, self.layers, self.input_frames)
         out = []
         for i in range(len(waves)):
             arrays = [per_layer[k][i] for k in self.layers]
@@ -132,7 +139,7 @@ class Predictor:
                 arrays = [a.astype(DTYPES[self.feature_dtype]).astype(np.float32) for a in arrays]
             feats = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
             out.append(feats[0] if len(feats) == 1 else torch.stack(feats))
-        return out
+        return out, content
 
     def _probabilities(self, waves: List[np.ndarray]) -> np.ndarray:
         """(N, C) class probabilities of N windows, batched by length like evaluation in training. A head trained
@@ -146,8 +153,10 @@ class Predictor:
         batches = []
         for s in range(0, len(order), self.batch_size):
             idx = order[s : s + self.batch_size]
-            feats = self._features([waves[i] for i in idx])
-            batches.append((idx, collate_features([{"features": f, "label": 0, "index": j} for j, f in zip(idx, feats)])))
+            feats, content = self._features([waves[i] for i in idx])
+            items = [{"features": f, "label": 0, "index": j, **({"content": c} if self.input_frames else {})}
+                     for j, f, c in zip(idx, feats, content)]  # fmt: skip
+            batches.append((idx, collate_features(items)))
         stats = None
         if self.speaker_norm:
             mean, std = masked_stats(((b["features"], b["mask"], None) for _, b in batches))  # (L, D) each
@@ -156,8 +165,9 @@ class Predictor:
         for idx, batch in batches:
             norm = None if stats is None else tuple(t.expand(len(idx), *t.shape) for t in stats)  # (B, L, D) each
             features, mask = batch["features"].to(self.device), batch["mask"].to(self.device)
+            input_mask = batch.get("input_mask", batch["mask"]).to(self.device)
             with torch.no_grad():
-                p = torch.stack([torch.softmax(head(self._head_input(adapter, meta, features, mask), mask, norm).float(), dim=-1)
+                p = torch.stack([torch.softmax(head(*self._head_input(adapter, meta, features, mask, input_mask), norm).float(), dim=-1)
                                  for head, adapter, meta in zip(self.heads, self.adapters, self.metas)]).mean(0)  # fmt: skip
             probs[idx] = p.cpu().numpy()
         return probs
@@ -222,14 +232,15 @@ class Predictor:
         return records
 
     @staticmethod
-    def _head_input(adapter: Any, meta: Dict[str, Any], features: Any, mask: Any) -> Any:
-        """The head's layers: the fed features as they are, or through the adapted encoder blocks."""
+    def _head_input(adapter: Any, meta: Dict[str, Any], features: Any, mask: Any, input_mask: Any) -> Tuple[Any, Any]:
+        """(the head's layers, their mask): the fed features as they are, or through the adapted encoder blocks
+        (attending over `input_mask`, then cut to the clips' own frames, as in training: SERModule._features)."""
         if adapter is None:
-            return features
-        from ser_lightning.models.adapt import adapt_features
+            return features, mask
+        from ser_lightning.models.adapt import adapt_features, trim_to_content
 
         spec = meta["adapt"]
-        return adapt_features(adapter, features, mask, spec["fed_layers"], spec["read_layers"])
+        return trim_to_content(adapt_features(adapter, features, input_mask, spec["fed_layers"], spec["read_layers"]), mask)
 
     def _label(self, p: np.ndarray) -> Dict[str, Any]:
         return {"label": self.class_names[int(np.argmax(p))], "probs": {c: float(v) for c, v in zip(self.class_names, p)}}

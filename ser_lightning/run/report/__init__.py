@@ -9,11 +9,16 @@ folders (`ser sweep`: sweep_state.json + one folder per trial), or a folder whos
   between runs; a layer curve (WA and UA against encoder layer, one line per pooling, as the paper's figure 5)
   when runs differ by layer; per-class recall of chosen runs as grouped bars (--compare, default: the best 3);
   the best run's pooled confusion matrix; failed sweep trials.
+- when a run has compute figures (summary.json / results.json `compute`): UA against total GFLOPs and against
+  inference GFLOPs per clip (log x) with the Pareto front, its table, the cheapest configuration within 1 UA
+  point of the best, and the runs skipped for lack of figures (compute.py).
 Writes DIR/report.md (images linked from DIR/images/) and DIR/report.html (images embedded: one file to send).
-`--wandb` also logs the images and the leaderboard to a W&B run (job_type=report; offline without an API key).
+`--wandb` also logs the images and the tables (leaderboard, Pareto fronts) to a W&B run (job_type=report;
+offline without an API key): `ser report SWEEP_DIR --wandb` is how a sweep's plots reach W&B.
 
 Layout: runs.py (loading runs, the keys that differ), doc.py (the Markdown / HTML document), sections.py (what a
-report shows), build.py (make_report), command.py (the `ser report` CLI); the figures are run/plots.py.
+report shows), compute.py (accuracy against FLOPs, Pareto front), build.py (make_report), command.py (the
+`ser report` CLI); the figures are run/plots.py.
 """
 
 from ser_lightning.run.report.build import make_report

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from ser_lightning.run.report.compute import compute_section
 from ser_lightning.run.report.doc import Doc
 from ser_lightning.run.report.errors import errors_page, misclassified, top_confusions
 from ser_lightning.run.report.runs import collect
@@ -35,6 +36,9 @@ def make_report(inputs: Sequence[Path], out: Path, compare: Optional[Sequence[st
     else:
         doc = Doc(title or f"Report: {len(runs)} runs")
         pngs, tables = comparison_sections(doc, runs, failed, images, compare)
+    compute_pngs, compute_tables = compute_section(doc, runs, images)  # only when a run has compute figures
+    pngs = {**pngs, **compute_pngs}
+    tables.update(compute_tables)
     doc.p("Inputs: " + ", ".join(f"`{p}`" for p in inputs))
     atomic_write_text(out / "report.md", doc.markdown(out))
     atomic_write_text(out / "report.html", doc.html())

@@ -43,6 +43,22 @@ def status_text(trial: Mapping[str, Any]) -> str:
     return str(trial["status"])
 
 
+# FLOPs columns (run/compute.py, read back as compute/<name> metrics): the trial's inference cost per clip (encoder +
+# head) and its whole cost (a CV: the corpus encoded once + every fold's training; a `ser train` trial: its total)
+COMPUTE_COLUMNS = {"inference GFLOPs/clip": ("compute/inference_gflops_per_clip",),
+                   "total GFLOPs": ("compute/cv_total_gflops", "compute/total_gflops")}  # fmt: skip
+
+
+def compute_cells(trial: Mapping[str, Any]) -> List[str]:
+    """The trial's FLOPs columns; '-' where its outputs carry no figures (failed, unfinished, older runs)."""
+    metrics = trial.get("metrics") or {}
+    cells = []
+    for keys in COMPUTE_COLUMNS.values():
+        value = next((metrics[k] for k in keys if isinstance(metrics.get(k), (int, float))), None)
+        cells.append("-" if value is None else f"{value:.4g}")
+    return cells
+
+
 def leaderboard_markdown(sweep: "LocalSweep") -> str:
     trials, metric, varying = sweep.trials, sweep.metric, sweep.varying
     best = ranked(trials, sweep.goal)
@@ -55,15 +71,17 @@ def leaderboard_markdown(sweep: "LocalSweep") -> str:
         f"{len(trials)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         + f". Objective: `{metric}` ({sweep.goal}), mean ± std over folds where the trial is a CV.",
         "",
-        "| rank | trial | " + " | ".join(varying) + f" | {metric} |",
-        "|---|---|" + "---|" * len(varying) + "---|",
+        "| rank | trial | " + " | ".join(varying) + f" | {metric} | " + " | ".join(COMPUTE_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(varying) + "---|" + "---|" * len(COMPUTE_COLUMNS),
     ]
     for i, t in enumerate(best, 1):
         cells = [str(t["params"].get(k)) for k in varying]
-        lines.append(f"| {i} | {t['name']} | " + " | ".join(cells) + f" | {fmt_metric(t['metric'], t.get('metric_std'))} |")
+        lines.append(f"| {i} | {t['name']} | " + " | ".join(cells) + f" | {fmt_metric(t['metric'], t.get('metric_std'))} | "
+                     + " | ".join(compute_cells(t)) + " |")  # fmt: skip
     for t in others:
         cells = [str(t["params"].get(k)) for k in varying]
-        lines.append(f"| - | {t['name']} | " + " | ".join(cells) + f" | {status_text(t)} |")
+        lines.append(f"| - | {t['name']} | " + " | ".join(cells) + f" | {status_text(t)} | "
+                     + " | ".join(compute_cells(t)) + " |")  # fmt: skip
     stopped = [t for t in trials if t["status"] == EARLY_STOPPED and isinstance(t.get("early_stopped"), Mapping)]
     if stopped:
         lines += ["", "## Early-stopped trials (hyperband)", ""]
