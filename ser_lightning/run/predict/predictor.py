@@ -91,10 +91,14 @@ class Predictor:
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{self.meta_path}: encoder.stride {enc_info.get('stride')!r} ({e}); the file is damaged") from None
         if encoder_module.fingerprint != enc_info["fingerprint"]:
+            def short(fp: str) -> str:  # the weights' sha256 abbreviated, a token stride (`+stride...`) in full
+                sha, _, stride = fp.partition("+")
+                return sha[:12] + (f"+{stride}" if stride else "")
+
             raise EncoderFingerprintError(
-                f"encoder {encoder_module.source} has weight fingerprint {encoder_module.fingerprint[:12]}, but the "
-                f"head in {self.folder} was trained on {enc_info['source']} (fingerprint {enc_info['fingerprint'][:12]}); "
-                "pass --encoder PATH to a copy of those weights"
+                f"encoder {encoder_module.source} has fingerprint {short(encoder_module.fingerprint)} (weights, and token "
+                f"stride if any), but the head in {self.folder} was trained on {enc_info['source']} (fingerprint "
+                f"{short(enc_info['fingerprint'])}); pass --encoder PATH to a copy of those weights"
             )
         self.encoder = encoder_module
         self.layers: List[int] = list(enc_info["layers"])
