@@ -189,17 +189,21 @@ def cv_compute(folds: Sequence[Optional[Mapping[str, Any]]]) -> Optional[Dict[st
         return None
     n = len(folds)
 
-    def mean(key: str) -> float:
-        return sum(float(f[key]) for f in folds) / n  # type: ignore[index]
+    def mean(values: Sequence[Any]) -> Optional[float]:
+        # a figure some fold lacks (figures written by an older version, or by hand) is None, not an error: a report
+        # over such runs must still build
+        return sum(float(v) for v in values) / n if all(isinstance(v, (int, float)) for v in values) else None
 
-    out: Dict[str, Any] = {k: mean(k) for k in FIELDS}
+    out: Dict[str, Any] = {k: mean([f.get(k) for f in folds]) for k in FIELDS}
     for k in ("trainable_parameters", "total_parameters"):
-        out[k] = int(round(out[k]))
-    out["clips"] = {k: sum(float(f["clips"][k]) for f in folds) / n for k in (*SPLITS, "all")}  # type: ignore[index]
+        out[k] = None if out[k] is None else int(round(out[k]))
+    clips = [f.get("clips") if isinstance(f.get("clips"), Mapping) else {} for f in folds]
+    out["clips"] = {k: mean([c.get(k) for c in clips]) for k in (*SPLITS, "all") if all(k in c for c in clips)}
     out["counter"] = COUNTER
     out["folds"] = n
-    encode = max(float(f["encode_gflops"]) for f in folds)  # type: ignore[index]
-    out["cv_total_gflops"] = encode + sum(float(f["train_gflops"]) for f in folds)  # type: ignore[index]
+    encode, train = [f.get("encode_gflops") for f in folds], [f.get("train_gflops") for f in folds]
+    known = all(isinstance(v, (int, float)) for v in encode + train)
+    out["cv_total_gflops"] = max(map(float, encode)) + sum(map(float, train)) if known else None
     return out
 
 
