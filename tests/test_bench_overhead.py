@@ -13,14 +13,7 @@ from ser_lightning.config import compose
 from ser_lightning.run.bench import overhead
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(root, tmp_path, *more):

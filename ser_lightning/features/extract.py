@@ -32,11 +32,9 @@ def encode_waves(
     waves: Sequence[np.ndarray],
     policy: LengthPolicy,
     layers: Sequence[int],
-    input_frames: bool = False,
 ) -> Dict[int, List[np.ndarray]]:
-    """Encode clips together; per layer, a list of (T_clip, D) float32 arrays trimmed to each clip's audio, or with
-    `input_frames` to every frame the encoder attended to (see encode_clips)."""
-    return encode_clips(encoder, frontend, waves, policy, layers, input_frames)[0]
+    """Encode clips together; per layer, a list of (T_clip, D) float32 arrays trimmed to each clip's audio."""
+    return encode_clips(encoder, frontend, waves, policy, layers)[0]
 
 
 @torch.no_grad()

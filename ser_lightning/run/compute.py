@@ -85,26 +85,26 @@ def identity(cfg: Any, encoder: Any, spec: Any, module: Any, input_frames: bool)
     }
 
 
-def _pads(policy: LengthPolicy) -> bool:
-    return policy.seconds is not None or bool(policy.tail)
+def limited_batches(batches: int, limit: Any) -> int:
+    """Training batches per epoch under trainer.limit_train_batches, Lightning's rule: None = all, a value above 1 a
+    count, else a fraction (at least one batch)."""
+    if limit is None or batches == 0:
+        return batches
+    limit = float(limit)
+    return min(batches, int(limit)) if limit > 1.0 else max(1, int(batches * limit))
 
 
 def _train_fraction(cfg: Any, n_train: int) -> float:
     """The share of the training clips an epoch sees under trainer.limit_train_batches (1 when unset)."""
-    limit = cfg.trainer.get("limit_train_batches")
-    if limit is None or n_train == 0:
-        return 1.0
     batches = ceil_div(n_train, int(cfg.data.batch_size))
-    limit = float(limit)
-    taken = max(1, int(batches * limit)) if limit <= 1.0 else int(limit)
-    return min(1.0, taken / batches)
+    return limited_batches(batches, cfg.trainer.get("limit_train_batches")) / batches if batches else 1.0
 
 
 def compute_figures(cfg: Any, encoder: Any, dm: Any, module: Any, epochs: int) -> Dict[str, Any]:
     """The `compute` section of a fold's results.json (see the module docstring for what is counted)."""
     spec = dm.features
     policy: LengthPolicy = spec.policy
-    input_frames = _pads(policy) and (not spec.cached or bool(getattr(spec, "input_frames", False)))
+    input_frames = policy.pads and (not spec.cached or bool(getattr(spec, "input_frames", False)))
     ident = identity(cfg, encoder, spec, module, input_frames)
     key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = compute_dir(cfg) / f"{key}.json"

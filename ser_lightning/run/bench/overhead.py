@@ -32,17 +32,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from ser_lightning.run.compute import limited_batches
+
 MONITORS = ("val/ua", "val/wa", "val/loss")
-
-
-def _limit_batches(n: int, limit: Any) -> int:
-    """Training batches per epoch under trainer.limit_train_batches (Lightning's rule: an int is a count, a float a
-    fraction)."""
-    if limit is None:
-        return n
-    if isinstance(limit, int) or float(limit) > 1.0:
-        return min(n, int(limit))
-    return int(n * float(limit))
 
 
 def confusion(preds: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
@@ -92,7 +84,7 @@ def plain_fold(cfg: Any, encoder: Any, validate: bool = True, checkpoint_dir: Op
         head.set_feature_stats(*masked_stats((b["features"].to(device), b["mask"].to(device), None) for b in dm.stats_dataloader()))
     o, t = cfg.optim, cfg.trainer
     train_loader = dm.train_dataloader()
-    steps_per_epoch = _limit_batches(len(train_loader), t.limit_train_batches)
+    steps_per_epoch = limited_batches(len(train_loader), t.limit_train_batches)
     epochs = int(t.max_epochs)
     total = max(1, steps_per_epoch * epochs)
     warmup = int(round(float(o.warmup_ratio) * total))
