@@ -59,8 +59,10 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 def ser_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """The environment of a `ser` subprocess in the tests: offline, W&B off, no inherited fault injection."""
-    e = {k: v for k, v in os.environ.items() if not k.startswith("SER_FAULT")}
+    """The environment of a `ser` subprocess in the tests: offline, W&B off, no inherited fault injection, and no
+    inherited W&B service (WANDB_SERVICE, set once this pytest process has used W&B): a killed child would otherwise
+    leave its run registered as in use in the parent's service, and the in-process resume of that run is refused."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("SER_FAULT") and k != "WANDB_SERVICE"}
     e.update({"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(extra or {})})
     return e
 
